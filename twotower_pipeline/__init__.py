@@ -1,0 +1,1 @@
+"""ecosystem.Ai Two-Tower module as a Dagster project."""

@@ -1,0 +1,1 @@
+"""MongoDB access (pymongo only, no Dagster): the embedded server, clients and DataFrame storage."""
