@@ -1,0 +1,97 @@
+"""`twotower`: the embedded server, data loaders and the demo, for use outside the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from twotower_pipeline.store.client import MongoStore, redact_text, resolve_uri
+from twotower_pipeline.store.embedded import EmbeddedMongo
+
+
+def _store() -> MongoStore:
+    return MongoStore(resolve_uri(os.environ.get("MONGODB_URI")), os.environ.get("TWOTOWER_DATABASE_PREFIX", ""))
+
+
+def cmd_server(args) -> int:
+    server = EmbeddedMongo(args.data_dir)
+    if args.action == "start":
+        print(f"embedded MongoDB running at {server.uri()} (data in {server.data_dir})")
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "no embedded server was running")
+    else:
+        uri = server.running_uri()
+        print(f"running at {uri} (data in {server.data_dir})" if uri else f"not running (data dir {server.data_dir})")
+    return 0
+
+
+def cmd_load(args) -> int:
+    from twotower_pipeline.ingest import datasets
+    from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
+
+    if args.source == "movielens":
+        from twotower_pipeline.ingest.movielens import load_movielens
+        logs = load_movielens(args.path or _dataset(datasets.MOVIELENS))
+    elif args.source == "coupons":
+        from twotower_pipeline.ingest.coupon import load_coupons
+        folder = args.path or _dataset(datasets.COUPONS)
+        logs = load_coupons(os.path.join(folder, "in-vehicle-coupon-recommendation.csv") if os.path.isdir(folder) else folder)
+    elif args.source == "simulate":
+        from twotower_pipeline.ingest.simulator import simulate_traffic
+        logs = simulate_traffic(n_requests=args.requests, seed=args.seed).logs
+    else:
+        from twotower_pipeline.ingest.importer import load_exposures_file
+        if not args.path or not args.predictor:
+            raise SystemExit("`twotower load file` needs --path FILE and --predictor NAME")
+        logs = load_exposures_file(args.path, predictor=args.predictor)
+    outcome = write_runtime_logs(_store(), logs, replace=args.replace)
+    print(f"{logs.predictor}: {outcome['presented']} presented, {outcome['responses']} responses, "
+          f"{outcome['exposures']} exposures ({'written' if outcome['written'] else 'already loaded'})")
+    return 0
+
+
+def _dataset(name: str) -> str:
+    from twotower_pipeline.ingest import datasets
+    path = datasets.find_dataset(name)
+    if path is None:
+        raise SystemExit(f"{name} not found under {datasets.data_root()}: pass --path or set TWOTOWER_DATA_DIR")
+    return str(path)
+
+
+def cmd_demo(args) -> int:
+    from twotower_pipeline.demo import run_demo
+    return run_demo()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twotower", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="start, stop or check the embedded MongoDB server")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument("--data-dir", default=None, help="default: TWOTOWER_EMBEDDED_DIR or .twotower/mongodb")
+    server.set_defaults(handler=cmd_server)
+
+    load = commands.add_parser("load", help="write runtime logs from a data source")
+    load.add_argument("source", choices=["movielens", "coupons", "simulate", "file"])
+    load.add_argument("--path", help="data folder or file (default: the public data under TWOTOWER_DATA_DIR)")
+    load.add_argument("--predictor", help="predictor name for `file`")
+    load.add_argument("--requests", type=int, default=20_000, help="requests to simulate")
+    load.add_argument("--seed", type=int, default=42)
+    load.add_argument("--replace", action="store_true", help="rewrite even if already loaded")
+    load.set_defaults(handler=cmd_load)
+
+    demo = commands.add_parser("demo", help="load sample logs and materialise every asset")
+    demo.set_defaults(handler=cmd_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"twotower {args.command}: {redact_text(str(error), os.environ.get('MONGODB_URI'))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The one place that composes the project: assets, checks, jobs, schedules and resources."""
+
+import dagster as dg
+
+from twotower_pipeline.defs.assets import runtime_logs, training_data
+from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
+from twotower_pipeline.defs.jobs import daily_flatten_schedule, flatten_runtime_logs_job, training_frame_job
+from twotower_pipeline.defs.resources import mongo_from_environment
+
+
+def build_resources(mongo=None) -> dict:
+    """Resources for a MongoDB resource (default: chosen from the environment)."""
+    mongo = mongo or mongo_from_environment()
+    return {
+        "mongo": mongo,
+        "mongo_frame_io_manager": MongoFrameIOManager(mongo=mongo),
+        "artefact_io_manager": GridFSArtefactIOManager(mongo=mongo),
+    }
+
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([runtime_logs, training_data]),
+    jobs=[flatten_runtime_logs_job, training_frame_job],
+    schedules=[daily_flatten_schedule],
+    resources=build_resources(),
+)

@@ -1,0 +1,1 @@
+"""The Dagster layer: resources, IO managers, assets, checks, jobs and schedules. Kept thin."""

@@ -1,0 +1,124 @@
+"""The training slice (SPEC §3): one predictor's exposures in a window, with customer and offer features."""
+
+
+import datetime as dt
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field, field_validator, model_validator
+
+from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, customer_features, offer_matrix
+from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
+from twotower_pipeline.defs.resources import MongoResource
+from twotower_pipeline.ingest.training_frame import build_training_frame
+from twotower_pipeline.store import frames, names
+
+TRAINING_FRAME_SCHEMA = {
+    "customer_id": "string", "offer": "string", "accepted": "number",
+    "price": "number", "rank": "number", "score": "number",
+}
+
+
+def _parse_day(value: str, field: str) -> dt.datetime:
+    try:
+        day = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{field} {value!r} is not an ISO date such as 2024-01-31") from None
+    return day.replace(tzinfo=dt.timezone.utc) if day.tzinfo is None else day.astimezone(dt.timezone.utc)
+
+
+class TrainingFrameConfig(dg.Config):
+    predictor: str = Field(description="The runtime predictor (use case) to train on. Required.", min_length=1)
+    from_date: Optional[str] = Field(default=None, description="First day included (UTC, ISO date); default: all.")
+    to_date: Optional[str] = Field(default=None, description="First day excluded (UTC, ISO date); default: all.")
+    min_accepted_rows: int = Field(default=50, ge=1, description="The frame needs at least this many accepted rows.")
+
+    @field_validator("from_date", "to_date")
+    @classmethod
+    def _iso_day(cls, value, info):
+        if value is not None:
+            _parse_day(value, info.field_name)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.from_date and self.to_date and _parse_day(self.from_date, "from_date") >= _parse_day(self.to_date, "to_date"):
+            raise ValueError(f"from_date {self.from_date} must be before to_date {self.to_date}")
+        return self
+
+    def query(self) -> dict:
+        query: dict = {"predictor": self.predictor}
+        window = {}
+        if self.from_date:
+            window["$gte"] = _parse_day(self.from_date, "from_date")
+        if self.to_date:
+            window["$lt"] = _parse_day(self.to_date, "to_date")
+        if window:
+            query["datetime"] = window
+        return query
+
+
+@dg.asset(
+    key="training_frame",
+    deps=[FLATTEN_KEY, customer_features, offer_matrix],
+    io_manager_key="mongo_frame_io_manager",
+    metadata={"mongo_collection": names.TRAINING_FRAME},
+    group_name="training_data",
+    kinds={"mongodb", "pandas"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="training_frame", blocking=True),
+        dg.AssetCheckSpec("no_null_keys", asset="training_frame", blocking=True),
+        dg.AssetCheckSpec("accept_rate_between_0_and_1", asset="training_frame", blocking=True),
+        dg.AssetCheckSpec("enough_accepted_rows", asset="training_frame", blocking=True),
+    ],
+)
+def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfig, mongo: MongoResource):
+    """The documented `two_tower_features` frame: one predictor's exposures in
+    `[from_date, to_date)`, joined with customer features and the offer matrix, typed and cleaned."""
+    store = mongo.store()
+    flatten = store.collection(names.FLATTEN)
+    exposures = frames.read_frame(flatten, config.query())
+    if exposures.empty:
+        known = sorted(p for p in flatten.distinct("predictor") if p)
+        raise dg.Failure(
+            description=(
+                f"no exposures for predictor {config.predictor!r} in [{config.from_date or 'start'}, "
+                f"{config.to_date or 'end'}) in {names.FLATTEN}; predictors there: {known or 'none'}. "
+                "Materialise ecosystemruntime_flatten for those days first."
+            )
+        )
+    customers = frames.read_frame(store.collection(names.CUSTOMER_FEATURES))
+    offers = frames.read_frame(store.collection(names.OFFER_MATRIX))
+    frame, stats = build_training_frame(exposures, customers, offers,
+                                        customer_key=names.CUSTOMER_KEY, offer_key=names.OFFER_KEY)
+    context.log.info(f"training frame for {config.predictor}: {stats['rows']} rows, accept rate {stats['accept_rate']:.3f}")
+    key = dg.AssetKey("training_frame")
+    yield dg.Output(
+        frame,
+        metadata={
+            "predictor": config.predictor,
+            "window": f"[{config.from_date or 'start'}, {config.to_date or 'end'})",
+            **{k: v for k, v in stats.items()},
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()]
+            ),
+            "preview": dg.MetadataValue.md(_preview(frame)),
+        },
+    )
+    yield schema_check(key, frame, TRAINING_FRAME_SCHEMA)
+    yield no_null_keys_check(key, frame, ["customer_id", "offer"])
+    yield accept_rate_check(key, frame)
+    yield dg.AssetCheckResult(
+        asset_key=key, check_name="enough_accepted_rows", passed=stats["accepted"] >= config.min_accepted_rows,
+        metadata={"accepted": stats["accepted"], "minimum": config.min_accepted_rows},
+    )
+
+
+def _preview(frame: pd.DataFrame, rows: int = 10) -> str:
+    head = frame.head(rows).copy()
+    for column in head.columns:
+        if head[column].dtype == object:
+            head[column] = head[column].map(lambda v: ", ".join(map(str, v)) if isinstance(v, list) else v)
+    return head.to_markdown(index=False)

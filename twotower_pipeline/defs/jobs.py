@@ -1,0 +1,26 @@
+"""Jobs and schedules: flatten yesterday's logs every night; build the training frame on demand."""
+
+import dagster as dg
+
+from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten
+from twotower_pipeline.defs.assets.training_data import training_frame
+from twotower_pipeline.defs.partitions import daily_partitions
+
+flatten_runtime_logs_job = dg.define_asset_job(
+    "flatten_runtime_logs",
+    selection=dg.AssetSelection.assets(ecosystemruntime_flatten),
+    partitions_def=daily_partitions,
+    description="Flatten the runtime logs of the selected days (a range runs as one run).",
+)
+
+training_frame_job = dg.define_asset_job(
+    "build_training_frame",
+    selection=dg.AssetSelection.assets(training_frame),
+    description="Build the training frame for one predictor and window (set them in the launchpad).",
+)
+
+# Runs shortly after midnight UTC for the day that just ended; late responses are picked up by
+# re-materialising a day (the slice is rewritten, never appended to).
+daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
+    flatten_runtime_logs_job, hour_of_day=0, minute_of_hour=30, default_status=dg.DefaultScheduleStatus.STOPPED,
+)

@@ -1,0 +1,307 @@
+"""Runtime logs -> one row per customer/offer exposure (`logging.ecosystemruntime_flatten`).
+
+Each presented document's `final_result` is unwound; `accepted` is 1 where a response with the
+same `uuid` lists that offer (by `offer_name` or `offer`). Real logs are dirty, so every document
+or exposure that cannot be trusted is set aside with a reason instead of being guessed at: the
+good rows go on, the rejected ones stay inspectable in the quarantine collection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+import pandas as pd
+
+from twotower_pipeline.store import names
+from twotower_pipeline.store.frames import chunked
+
+EXPOSURE_COLUMNS = (
+    "uuid", "predictor", "channel", "customer_id", "offer", "offer_name",
+    "accepted", "price", "rank", "score", "datetime",
+)
+QUARANTINE_COLUMNS = ("uuid", "predictor", "source", "reason", "detail", "datetime", "document")
+
+#: Why a document or exposure was set aside; every reason is counted, zero or not.
+REASONS = (
+    "missing_uuid", "missing_predictor", "missing_customer", "naive_datetime",
+    "empty_final_result", "malformed_final_result", "malformed_offer", "duplicate_offer",
+    "non_numeric_price", "non_numeric_score", "non_numeric_rank", "duplicate_uuid",
+    "malformed_response", "orphan_response", "accepted_not_shown",
+)
+UUID_LOOKUP_BATCH = 100  # large $in lists are slow on some servers; 100 keeps each lookup cheap
+
+
+@dataclasses.dataclass
+class FlattenResult:
+    exposures: pd.DataFrame
+    quarantine: pd.DataFrame
+    counts: dict[str, int]
+
+    @property
+    def rejected_share(self) -> float:
+        """Share of input items (exposures shown + responses) that were set aside."""
+        rejected = sum(self.counts[f"rejected_{r}"] for r in REASONS)
+        seen = self.counts["exposures"] + rejected
+        return rejected / seen if seen else 0.0
+
+
+def parse_utc(value) -> tuple[dt.datetime | None, str | None]:
+    """(UTC datetime, None) or (None, reason). Naive strings are refused: their zone is unknown."""
+    if isinstance(value, dt.datetime):
+        # BSON dates are UTC; a naive datetime object can only have come from a naive client.
+        return (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)), None
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None, "naive_datetime"
+        if parsed.tzinfo is None:
+            return None, "naive_datetime"
+        return parsed.astimezone(dt.timezone.utc), None
+    return None, "naive_datetime"
+
+
+def _naive_as_utc(value) -> dt.datetime | None:
+    """Where a naive date string would fall if it were UTC: used only to file it under one day."""
+    try:
+        return dt.datetime.fromisoformat(str(value).strip()).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def _number(value, default: float) -> float | None:
+    """A finite float, `default` when absent, None when present but not a number."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if math.isnan(number):
+        return default
+    return number if math.isfinite(number) else None
+
+
+def _customer(doc: dict) -> str | None:
+    api_params = doc.get("api_params")
+    customer = api_params.get("customer") if isinstance(api_params, dict) else None
+    if customer in (None, "") and isinstance(doc.get("params"), list):
+        for param in doc["params"]:
+            if isinstance(param, dict) and param.get("key") == "customer":
+                customer = param.get("value")
+                break
+    if customer is None or isinstance(customer, (dict, list)) or str(customer).strip() == "":
+        return None
+    return str(customer).strip()
+
+
+def _accepted_offers(response: dict) -> list[str] | None:
+    body = response.get("response")
+    offers = body.get("offers_accepted") if isinstance(body, dict) else response.get("offers_accepted")
+    if not isinstance(offers, list):
+        return None
+    keys = []
+    for item in offers:
+        if isinstance(item, dict) and (item.get("offer_name") or item.get("offer")):
+            keys.append(str(item.get("offer_name") or item.get("offer")))
+        elif isinstance(item, str) and item:
+            keys.append(item)
+        else:
+            return None
+    return keys
+
+
+def _document_copy(doc: dict) -> str:
+    """The raw document as JSON text, so any shape can be stored and read back for inspection."""
+    return json.dumps(doc, default=str, sort_keys=True)
+
+
+def flatten_runtime_logs(
+    presented: Iterable[dict],
+    responses: Iterable[dict],
+    window: tuple[dt.datetime, dt.datetime],
+    orphan_responses: Iterable[dict] = (),
+) -> FlattenResult:
+    """Flatten the presented documents of `[start, end)` and join their responses.
+
+    `responses` are all responses for those documents' uuids (whenever they arrived);
+    `orphan_responses` are responses logged in the window whose uuid has no presented document.
+    """
+    start, end = window
+    counts: Counter = Counter()
+    rows: dict[str, list] = {c: [] for c in EXPOSURE_COLUMNS}
+    quarantine: list[dict] = []
+
+    def reject(doc, reason, detail, source="presented", when=None, request_id=None):
+        counts[f"rejected_{reason}"] += 1
+        quarantine.append({
+            "uuid": request_id if request_id is not None else (str(doc.get("uuid")) if doc.get("uuid") else None),
+            "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
+            "source": source, "reason": reason, "detail": detail,
+            "datetime": when if when is not None else start, "document": _document_copy(doc),
+        })
+
+    accepted_by_uuid: dict[str, set[str]] = {}
+    response_docs: dict[str, list[dict]] = {}
+    for response in responses:
+        counts["responses"] += 1
+        key = str(response.get("uuid"))
+        response_docs.setdefault(key, []).append(response)
+
+    seen_uuids: set[str] = set()
+    shown_by_uuid: dict[str, tuple[set[str], dt.datetime]] = {}
+    ordered = sorted(presented, key=lambda d: (parse_utc(d.get("date_log"))[0] or start, str(d.get("_id", ""))))
+    for doc in ordered:
+        counts["presented"] += 1
+        when, bad_date = parse_utc(doc.get("date_log"))
+        if bad_date:
+            naive = _naive_as_utc(doc.get("date_log"))
+            if naive is not None and not (start <= naive < end):
+                continue  # fetched from a neighbouring day's text window; that day quarantines it
+            reject(doc, bad_date, f"date_log {doc.get('date_log')!r} has no timezone", when=naive)
+            continue
+        if not (start <= when < end):
+            continue  # a string date_log near the window edge that belongs to a neighbouring day
+        request_id = doc.get("uuid")
+        if request_id in (None, ""):
+            reject(doc, "missing_uuid", "document has no uuid", when=when)
+            continue
+        request_id = str(request_id)
+        if request_id in seen_uuids:
+            reject(doc, "duplicate_uuid", f"uuid {request_id} was already presented in this window", when=when)
+            continue
+        seen_uuids.add(request_id)
+        predictor = doc.get("predictor")
+        if not isinstance(predictor, str) or not predictor:
+            reject(doc, "missing_predictor", "document has no predictor", when=when)
+            continue
+        customer = _customer(doc)
+        if customer is None:
+            reject(doc, "missing_customer", "neither api_params.customer nor params[key=customer] is set", when=when)
+            continue
+        final_result = doc.get("final_result")
+        if not isinstance(final_result, list):
+            reject(doc, "malformed_final_result", f"final_result is {type(final_result).__name__}, not a list", when=when)
+            continue
+        if not final_result:
+            reject(doc, "empty_final_result", "final_result is empty", when=when)
+            continue
+        api_params = doc.get("api_params") if isinstance(doc.get("api_params"), dict) else {}
+        channel = api_params.get("channel")
+        shown: set[str] = set()
+        for position, entry in enumerate(final_result, start=1):
+            result = entry.get("result") if isinstance(entry, dict) else None
+            where = f"final_result[{position - 1}]"
+            if not isinstance(result, dict) or not (result.get("offer") or result.get("offer_name")):
+                reject(doc, "malformed_offer", f"{where} has no result.offer or result.offer_name", when=when)
+                continue
+            offer = str(result.get("offer") or result.get("offer_name"))
+            offer_name = str(result.get("offer_name") or offer)
+            if offer in shown:
+                reject(doc, "duplicate_offer", f"{where}: offer {offer!r} is shown twice", when=when)
+                continue
+            price = _number(result.get("price"), math.nan)
+            score = _number(result.get("score"), math.nan)
+            rank = _number(entry.get("rank"), float(position))
+            bad = [(n, v, r) for n, v, r in (("price", price, "non_numeric_price"), ("score", score, "non_numeric_score"),
+                                              ("rank", rank, "non_numeric_rank")) if v is None]
+            if bad:
+                name, _, reason = bad[0]
+                raw = entry.get("rank") if name == "rank" else result.get(name)
+                reject(doc, reason, f"{where}.result.{name} = {raw!r} is not a number", when=when)
+                continue
+            shown.add(offer)
+            shown.add(offer_name)
+            rows["uuid"].append(request_id)
+            rows["predictor"].append(predictor)
+            rows["channel"].append(str(channel) if channel is not None else None)
+            rows["customer_id"].append(customer)
+            rows["offer"].append(offer)
+            rows["offer_name"].append(offer_name)
+            rows["accepted"].append(0)
+            rows["price"].append(price)
+            rows["rank"].append(rank)
+            rows["score"].append(score)
+            rows["datetime"].append(when)
+        shown_by_uuid[request_id] = (shown, when)
+
+    # Responses: mark accepted exposures; anything accepted that was never shown is set aside.
+    row_index = {(u, o): i for i, (u, o) in enumerate(zip(rows["uuid"], rows["offer"]))}
+    name_index = {(u, o): i for i, (u, o) in enumerate(zip(rows["uuid"], rows["offer_name"]))}
+    for request_id, docs in response_docs.items():
+        if request_id not in shown_by_uuid:
+            continue  # its presented document was rejected above, or lies in another window
+        shown, when = shown_by_uuid[request_id]
+        for response in docs:
+            offers = _accepted_offers(response)
+            if offers is None:
+                reject(response, "malformed_response", "response.offers_accepted is not a list of offers",
+                       source="response", when=when, request_id=request_id)
+                continue
+            for offer in offers:
+                i = row_index.get((request_id, offer), name_index.get((request_id, offer)))
+                if i is None:
+                    reject(response, "accepted_not_shown", f"offer {offer!r} was accepted but not in final_result",
+                           source="response", when=when, request_id=request_id)
+                else:
+                    rows["accepted"][i] = 1
+    for response in orphan_responses:
+        when, _ = parse_utc(response.get("date_log"))
+        reject(response, "orphan_response", f"no presented document has uuid {response.get('uuid')!r}",
+               source="response", when=when or start)
+
+    exposures = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
+    exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64"})
+    exposures["datetime"] = pd.to_datetime(exposures["datetime"], utc=True)
+    quarantined = pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS))
+    quarantined["datetime"] = pd.to_datetime(quarantined["datetime"], utc=True)
+    counts["exposures"] = len(exposures)
+    counts["accepted"] = int(exposures["accepted"].sum())
+    counts["quarantined"] = len(quarantined)
+    for reason in REASONS:
+        counts.setdefault(f"rejected_{reason}", 0)
+    return FlattenResult(exposures, quarantined, dict(counts))
+
+
+def fetch_runtime_window(store, start: dt.datetime, end: dt.datetime) -> tuple[list[dict], list[dict], list[dict]]:
+    """Presented documents of `[start, end)`, their responses, and the window's orphan responses.
+
+    Dates are BSON dates; ISO strings are fetched too (from a day either side, since an offset
+    can move them across midnight) so that naive ones are quarantined rather than lost.
+    """
+    presented_coll = store.collection(names.PRESENTED)
+    responses_coll = store.collection(names.RESPONSES)
+    window = {"$gte": start, "$lt": end}
+    text_window = {"$gte": (start - dt.timedelta(days=1)).date().isoformat(),
+                   "$lt": (end + dt.timedelta(days=1)).date().isoformat()}
+    projection = {"scoring_data": 0}
+    presented = list(presented_coll.find({"date_log": window}, projection))
+    presented += list(presented_coll.find({"date_log": text_window}, projection))
+
+    uuids = sorted({str(d["uuid"]) for d in presented if d.get("uuid") not in (None, "")})
+    responses: list[dict] = []
+    for batch in chunked(uuids, UUID_LOOKUP_BATCH):
+        responses += list(responses_coll.find({"uuid": {"$in": list(batch)}}, {"response_log": 0}))
+
+    # Orphans: responses logged in the window whose uuid no presented document has, anywhere.
+    known = set(uuids)
+    candidates = [r for r in responses_coll.find({"date_log": window}, {"response_log": 0})
+                  if str(r.get("uuid")) not in known]
+    unknown = sorted({str(r.get("uuid")) for r in candidates})
+    found: set[str] = set()
+    for batch in chunked(unknown, UUID_LOOKUP_BATCH):
+        found |= {str(d["uuid"]) for d in presented_coll.find({"uuid": {"$in": list(batch)}}, {"uuid": 1})}
+    orphans = [r for r in candidates if str(r.get("uuid")) not in found]
+    return presented, responses, orphans
