@@ -275,30 +275,38 @@ def flatten_runtime_logs(
     return FlattenResult(exposures, quarantined, dict(counts))
 
 
-def fetch_runtime_window(store, start: dt.datetime, end: dt.datetime) -> tuple[list[dict], list[dict], list[dict]]:
+PRESENTED_FIELDS = {"_id": 1, "uuid": 1, "predictor": 1, "date_log": 1, "api_params.customer": 1,
+                    "api_params.channel": 1, "params": 1, "final_result": 1}
+RESPONSE_FIELDS = {"_id": 1, "uuid": 1, "predictor": 1, "date_log": 1, "response.offers_accepted": 1,
+                   "offers_accepted": 1}
+
+
+def fetch_runtime_window(
+    store, start: dt.datetime, end: dt.datetime, response_window: dt.timedelta = dt.timedelta(days=7),
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Presented documents of `[start, end)`, their responses, and the window's orphan responses.
 
-    Dates are BSON dates; ISO strings are fetched too (from a day either side, since an offset
-    can move them across midnight) so that naive ones are quarantined rather than lost.
+    A response counts when it is logged before `end + response_window` (the attribution
+    window): responses are read by date range, one indexed scan, rather than by uuid lists.
+    Dates are BSON dates; ISO strings are read too (from a day either side, since an offset can
+    move them across midnight) so that naive ones are quarantined rather than lost.
     """
     presented_coll = store.collection(names.PRESENTED)
     responses_coll = store.collection(names.RESPONSES)
-    window = {"$gte": start, "$lt": end}
     text_window = {"$gte": (start - dt.timedelta(days=1)).date().isoformat(),
                    "$lt": (end + dt.timedelta(days=1)).date().isoformat()}
-    projection = {"scoring_data": 0}
-    presented = list(presented_coll.find({"date_log": window}, projection))
-    presented += list(presented_coll.find({"date_log": text_window}, projection))
+    presented = list(presented_coll.find({"date_log": {"$gte": start, "$lt": end}}, PRESENTED_FIELDS))
+    presented += list(presented_coll.find({"date_log": text_window}, PRESENTED_FIELDS))
+    uuids = {str(d["uuid"]) for d in presented if d.get("uuid") not in (None, "")}
 
-    uuids = sorted({str(d["uuid"]) for d in presented if d.get("uuid") not in (None, "")})
-    responses: list[dict] = []
-    for batch in chunked(uuids, UUID_LOOKUP_BATCH):
-        responses += list(responses_coll.find({"uuid": {"$in": list(batch)}}, {"response_log": 0}))
-
-    # Orphans: responses logged in the window whose uuid no presented document has, anywhere.
-    known = set(uuids)
-    candidates = [r for r in responses_coll.find({"date_log": window}, {"response_log": 0})
-                  if str(r.get("uuid")) not in known]
+    responses, candidates = [], []
+    for response in responses_coll.find({"date_log": {"$gte": start, "$lt": end + response_window}}, RESPONSE_FIELDS):
+        if str(response.get("uuid")) in uuids:
+            responses.append(response)
+        elif response["date_log"] < end:
+            candidates.append(response)
+    # Orphans: responses logged in the window whose uuid no presented document has, anywhere
+    # (a response to yesterday's request is not an orphan).
     unknown = sorted({str(r.get("uuid")) for r in candidates})
     found: set[str] = set()
     for batch in chunked(unknown, UUID_LOOKUP_BATCH):

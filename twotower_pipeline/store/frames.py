@@ -23,27 +23,35 @@ def plain_value(value):
         value = value.item()
     if isinstance(value, float) and value != value:
         return None
-    if value is pd.NaT:
+    if value is pd.NaT or value is pd.NA:
         return None
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
     return value
 
 
+def _column_values(values: pd.Series) -> list:
+    """One column as BSON-encodable Python values, converted a column at a time."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        utc = values.dt.tz_convert("UTC") if values.dt.tz is not None else values.dt.tz_localize("UTC")
+        return [None if v is pd.NaT else v.to_pydatetime() for v in utc]
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+        if values.isna().any():
+            return [plain_value(v) for v in values.astype(object).tolist()]
+        return values.tolist()
+    if pd.api.types.is_float_dtype(values):
+        listed = values.tolist()
+        return [None if v != v else v for v in listed] if values.isna().any() else listed
+    if pd.api.types.is_string_dtype(values) and values.dtype != object and not values.isna().any():
+        return values.tolist()
+    return [plain_value(v) for v in values.tolist()]
+
+
 def frame_to_documents(frame: pd.DataFrame) -> list[dict]:
     """DataFrame rows as BSON-encodable dicts."""
-    records = frame.to_dict("records")
-    # to_dict already boxes int/float columns to Python; only some columns need a per-value pass.
-    needs_pass = [c for c in frame.columns if frame[c].dtype == object or not (
-        pd.api.types.is_integer_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-        or (pd.api.types.is_float_dtype(frame[c]) and not frame[c].isna().any())
-        or (pd.api.types.is_string_dtype(frame[c]) and not frame[c].isna().any())
-    )]
-    if needs_pass:
-        for record in records:
-            for key in needs_pass:
-                record[key] = plain_value(record[key])
-    return records
+    names = [str(c) for c in frame.columns]
+    columns = [_column_values(frame[c]) for c in frame.columns]
+    return [dict(zip(names, row)) for row in zip(*columns)]
 
 
 def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -102,7 +110,9 @@ def read_frame(collection: Collection, query: dict | None = None, columns: Seque
     documents = list(collection.find(query or {}, projection))
     frame = pd.DataFrame(documents, columns=list(columns) if columns else None)
     for column in frame.columns:
-        if frame[column].dtype == object:
+        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            frame[column] = frame[column].dt.tz_convert("UTC")  # bson's own UTC tzinfo -> pandas UTC
+        elif frame[column].dtype == object:
             first = frame[column].dropna()
             if len(first) and hasattr(first.iloc[0], "tzinfo") and hasattr(first.iloc[0], "year"):
                 frame[column] = pd.to_datetime(frame[column], utc=True)

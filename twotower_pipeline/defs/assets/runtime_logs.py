@@ -1,6 +1,8 @@
 """Data preparation (SPEC §3): the runtime's collections in, the flatten collection out."""
 
 
+import datetime as dt
+
 import dagster as dg
 from pydantic import Field
 
@@ -39,6 +41,10 @@ class FlattenConfig(dg.Config):
         default=0.05, ge=0.0, le=1.0,
         description="The rejected-share check fails when more than this share of exposures and responses is quarantined.",
     )
+    response_window_days: int = Field(
+        default=7, ge=0, le=365,
+        description="A response counts if it is logged before the window's end plus this many days.",
+    )
 
 
 @dg.multi_asset(
@@ -72,7 +78,9 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
     """Unwind each presented document's offers and join the responses by `uuid`, for the
     selected days (a backfill of any range runs as one run)."""
     window = context.partition_time_window
-    presented, responses, orphans = fetch_runtime_window(mongo.store(), window.start, window.end)
+    presented, responses, orphans = fetch_runtime_window(
+        mongo.store(), window.start, window.end, dt.timedelta(days=config.response_window_days)
+    )
     result = flatten_runtime_logs(presented, responses, (window.start, window.end), orphans)
     exposures, counts = result.exposures, result.counts
     context.log.info(

@@ -1,0 +1,53 @@
+"""Fixtures: one real MongoDB-wire server for the session (the embedded SecantusDB process,
+or MONGODB_URI when set), and a fresh database prefix per test so tests never see each other."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from twotower_pipeline.defs.resources import MongoResource
+from twotower_pipeline.ingest import datasets
+from twotower_pipeline.store.client import MongoStore
+from twotower_pipeline.store.embedded import EmbeddedMongo
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory) -> str:
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    server = EmbeddedMongo(tmp_path_factory.mktemp("embedded-mongo"))
+    yield server.uri() + "?directConnection=true"
+    server.stop()
+
+
+@pytest.fixture
+def database_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}_"
+
+
+@pytest.fixture
+def store(mongo_uri, database_prefix) -> MongoStore:
+    store = MongoStore(mongo_uri, database_prefix)
+    yield store
+    for name in store.client.list_database_names():
+        if name.startswith(database_prefix):
+            store.client.drop_database(name)
+
+
+@pytest.fixture
+def mongo(mongo_uri, database_prefix, store) -> MongoResource:
+    """A Dagster resource on the same server and prefix as `store`."""
+    return MongoResource(uri=mongo_uri, database_prefix=database_prefix)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = datasets.data_root()
+    if not (root / datasets.MOVIELENS).is_dir():
+        pytest.skip(f"public data sets not found under {root} (set TWOTOWER_DATA_DIR)")
+    return root

@@ -1,0 +1,168 @@
+"""The MongoDB IO managers against the real server: slice rewrites, ranges, load-all, artefacts."""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
+from twotower_pipeline.store import artefacts, frames
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-10")
+RANGE_TAGS = {"dagster/asset_partition_range_start": "2024-01-02", "dagster/asset_partition_range_end": "2024-01-04"}
+
+
+def _day_rows(window: dg.TimeWindow, version: str) -> pd.DataFrame:
+    days = pd.date_range(window.start, window.end, freq="D", inclusive="left")
+    return pd.DataFrame(
+        {"day": [d for d in days for _ in range(3)], "n": list(range(3)) * len(days), "version": version}
+    )
+
+
+def _partitioned_assets(version: str, extra_row: bool = False):
+    @dg.asset(key=["testdb", "events"], partitions_def=DAYS, io_manager_key="frames",
+              metadata={"partition_expr": "day"}, backfill_policy=dg.BackfillPolicy.single_run())
+    def events(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        frame = _day_rows(context.partition_time_window, version)
+        if extra_row:  # a row that belongs to a day outside the partition being written
+            frame.loc[len(frame)] = [pd.Timestamp("2023-12-31", tz="UTC"), 9, version]
+        return frame
+
+    @dg.asset(key=["testdb", "summary"], io_manager_key="frames", deps=[])
+    def summary(events: pd.DataFrame) -> pd.DataFrame:
+        return events.groupby("version").size().rename("rows").reset_index()
+
+    @dg.asset(key=["testdb", "daily_copy"], partitions_def=DAYS, io_manager_key="frames",
+              metadata={"partition_expr": "day"})
+    def daily_copy(events: pd.DataFrame) -> pd.DataFrame:
+        return events
+
+    return [events, summary, daily_copy]
+
+
+def _materialize(mongo, assets, **kwargs):
+    return dg.materialize(assets, resources={"frames": MongoFrameIOManager(mongo=mongo)}, **kwargs)
+
+
+def _stored(store, name="events") -> pd.DataFrame:
+    return frames.read_frame(store.collection(f"testdb.{name}")).sort_values(["day", "n"]).reset_index(drop=True)
+
+
+def test_rewriting_a_partition_replaces_only_that_slice(mongo, store):
+    assets = _partitioned_assets("v1")
+    for day in ("2024-01-02", "2024-01-03"):
+        assert _materialize(mongo, assets, partition_key=day, selection=["testdb/events"]).success
+    assert _materialize(mongo, _partitioned_assets("v2"), partition_key="2024-01-03", selection=["testdb/events"]).success
+    stored = _stored(store)
+    assert len(stored) == 6
+    by_day = stored.groupby(stored["day"].dt.strftime("%Y-%m-%d"))["version"].agg(set).to_dict()
+    assert by_day == {"2024-01-02": {"v1"}, "2024-01-03": {"v2"}}
+    assert "day_1" in store.collection("testdb.events").index_information()
+
+
+def test_a_range_is_written_in_one_run_and_loaded_whole_downstream(mongo, store):
+    result = _materialize(mongo, _partitioned_assets("v1"), selection=["testdb/events"], tags=RANGE_TAGS)
+    assert result.success
+    assert sorted(_stored(store)["day"].dt.day.unique()) == [2, 3, 4]
+    # an unpartitioned asset downstream loads every partition
+    assert _materialize(mongo, _partitioned_assets("v1"), selection=["testdb/summary"]).success
+    summary = frames.read_frame(store.collection("testdb.summary"))
+    assert summary.to_dict("records") == [{"version": "v1", "rows": 9}]
+    # a partitioned asset downstream loads just its own slice
+    assert _materialize(mongo, _partitioned_assets("v1"), partition_key="2024-01-03", selection=["testdb/daily_copy"]).success
+    assert _stored(store, "daily_copy")["day"].dt.day.unique().tolist() == [3]
+
+
+def test_rows_outside_the_partition_are_refused_and_nothing_is_written(mongo, store):
+    assert _materialize(mongo, _partitioned_assets("v1"), partition_key="2024-01-02", selection=["testdb/events"]).success
+    with pytest.raises(dg.DagsterInvariantViolationError, match="1 of 4 rows lie outside"):
+        _materialize(mongo, _partitioned_assets("v2", extra_row=True), partition_key="2024-01-02",
+                     selection=["testdb/events"])
+    assert set(_stored(store)["version"]) == {"v1"}
+
+
+def test_a_failed_write_leaves_the_previous_slice_whole(store, monkeypatch):
+    collection = store.collection("testdb.events")
+    day = {"day": {"$gte": dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
+                   "$lt": dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc)}}
+    old = pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * 3, utc=True), "v": ["old"] * 3})
+    frames.replace_slice(collection, old, day)
+    monkeypatch.setattr(frames, "INSERT_BATCH", 2)
+    new = pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * 5, utc=True), "v": ["new"] * 4 + [object()]})
+    with pytest.raises(Exception):
+        frames.replace_slice(collection, new, day)
+    assert sorted(d["v"] for d in collection.find({}, {"v": 1})) == ["old"] * 3
+
+
+def test_missing_partition_field_metadata_is_a_clear_error(mongo):
+    @dg.asset(key=["testdb", "nofield"], partitions_def=DAYS, io_manager_key="frames")
+    def nofield() -> pd.DataFrame:
+        return pd.DataFrame({"x": [1]})
+
+    with pytest.raises(dg.DagsterInvariantViolationError, match="no `partition_expr` metadata"):
+        _materialize(mongo, [nofield], partition_key="2024-01-02")
+
+
+def test_unpartitioned_rewrite_swaps_the_collection_whole(mongo, store):
+    def table(rows):
+        @dg.asset(key=["testdb", "table"], io_manager_key="frames", metadata={"mongo_indexes": [["k"]]})
+        def table_asset() -> pd.DataFrame:
+            return pd.DataFrame({"k": range(rows), "x": np.arange(rows) * 0.5,
+                                 "when": pd.Timestamp("2024-01-01", tz="UTC"), "tags": [["a"]] * rows})
+        return table_asset
+
+    assert _materialize(mongo, [table(5)]).success
+    assert _materialize(mongo, [table(3)]).success
+    stored = frames.read_frame(store.collection("testdb.table"))
+    assert len(stored) == 3 and stored["tags"].tolist() == [["a"]] * 3
+    assert str(stored["when"].dt.tz) == "UTC"
+    assert "k_1" in store.collection("testdb.table").index_information()
+    assert [n for n in store.database("testdb").list_collection_names() if "staging" in n] == []
+
+
+@artefacts.register_artefact
+class LinearModel:
+    """A tiny artefact: weights as bytes, shape in the JSON config."""
+
+    artefact_kind = "test_linear_model"
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = weights
+
+    def to_artefact(self):
+        return {"shape": list(self.weights.shape)}, self.weights.astype("<f8").tobytes()
+
+    @classmethod
+    def from_artefact(cls, config, state):
+        return cls(np.frombuffer(state, dtype="<f8").reshape(config["shape"]))
+
+
+def test_artefacts_round_trip_through_gridfs_and_keep_versions(mongo, store):
+    def model_asset(scale):
+        @dg.asset(key="linear_model", io_manager_key="artefacts")
+        def linear_model() -> LinearModel:
+            return LinearModel(np.arange(6.0).reshape(2, 3) * scale)
+        return linear_model
+
+    @dg.asset(key="model_sum")
+    def model_sum(linear_model: LinearModel) -> float:
+        return float(linear_model.weights.sum())
+
+    resources = {"artefacts": GridFSArtefactIOManager(mongo=mongo)}
+    assert dg.materialize([model_asset(1)], resources=resources).success
+    result = dg.materialize([model_asset(2), model_sum], resources=resources)
+    assert result.output_for_node("model_sum") == 30.0
+    assert artefacts.artefact_versions(store, "linear_model") == 2
+    files = store.database(artefacts.ARTEFACT_DATABASE)[f"{artefacts.ARTEFACT_BUCKET}.files"]
+    assert {f["metadata"]["kind"] for f in files.find()} == {"test_linear_model"}
+
+
+def test_unregistered_objects_are_not_stored(mongo):
+    @dg.asset(io_manager_key="artefacts")
+    def not_an_artefact() -> dict:
+        return {"a": 1}
+
+    with pytest.raises(TypeError, match="not a registered artefact kind"):
+        dg.materialize([not_an_artefact], resources={"artefacts": GridFSArtefactIOManager(mongo=mongo)})
