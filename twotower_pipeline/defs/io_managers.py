@@ -88,8 +88,7 @@ class MongoFrameIOManager(dg.ConfigurableIOManager):
                     f"{context.asset_key.to_user_string()}: {outside} of {len(obj)} rows lie outside the "
                     f"partition(s) being written ({_meta(context, PARTITION_KEY)} not in {query})"
                 )
-            frames.ensure_indexes(collection, [[next(iter(query))], *indexes])
-            written = frames.replace_slice(collection, obj, query)
+            written = frames.replace_slice(collection, obj, query, indexes)
         else:
             written = frames.replace_collection(collection, obj, indexes)
         context.add_output_metadata({
@@ -110,7 +109,9 @@ class GridFSArtefactIOManager(dg.ConfigurableIOManager):
 
     mongo: dg.ResourceDependency[MongoResource]
 
-    def _name(self, context) -> str:
+    @staticmethod
+    def _name(context) -> str:
+        """Same name from an output context and from the input context that reads it."""
         name = context.asset_key.to_user_string()
         if context.has_asset_partitions:
             name += f"[{context.asset_partition_key}]"
@@ -123,4 +124,4 @@ class GridFSArtefactIOManager(dg.ConfigurableIOManager):
                                      "artefact_file_id": file_id})
 
     def load_input(self, context: dg.InputContext) -> Any:
-        return artefacts.load_artefact(self.mongo.store(), self._name(context.upstream_output))
+        return artefacts.load_artefact(self.mongo.store(), self._name(context))

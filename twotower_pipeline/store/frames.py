@@ -64,13 +64,17 @@ def ensure_indexes(collection: Collection, indexes: Iterable[Sequence[str]]) -> 
         collection.create_index([(f, ASCENDING) for f in fields])
 
 
-def replace_slice(collection: Collection, frame: pd.DataFrame, slice_filter: dict) -> int:
+def replace_slice(collection: Collection, frame: pd.DataFrame, slice_filter: dict,
+                  indexes: Iterable[Sequence[str]] = ()) -> int:
     """Make the documents matching `slice_filter` exactly the rows of `frame`.
 
     New rows go in first, tagged with a fresh write id; only then are the slice's older
-    documents deleted. A failure part-way removes what this write added, so the previous
-    slice survives whole. Returns the number of documents written.
+    documents deleted (a slice written for the first time has none, and skips that step). A
+    failure part-way removes what this write added, so the previous slice survives whole.
+    The slice's fields are indexed. Returns the number of documents written.
     """
+    ensure_indexes(collection, [list(slice_filter), *indexes])
+    had_rows = collection.find_one(slice_filter, {"_id": 1}) is not None
     write_id = uuid.uuid4().hex
     documents = frame_to_documents(frame)
     for document in documents:
@@ -81,7 +85,8 @@ def replace_slice(collection: Collection, frame: pd.DataFrame, slice_filter: dic
     except BaseException:
         collection.delete_many({WRITE_ID_FIELD: write_id})
         raise
-    collection.delete_many({**slice_filter, WRITE_ID_FIELD: {"$ne": write_id}})
+    if had_rows:
+        collection.delete_many({**slice_filter, WRITE_ID_FIELD: {"$ne": write_id}})
     return len(documents)
 
 

@@ -1,0 +1,60 @@
+"""The whole Definitions: the asset graph as reviewed, and `dg check defs` passing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from twotower_pipeline.definitions import defs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# An accidental change to the graph shows here in review.
+EXPECTED_ASSETS = {
+    "logging/ecosystemruntime": (None, []),
+    "logging/ecosystemruntime_response": (None, []),
+    "recommender_demos/offer_matrix": (None, []),
+    "recommender_demos/customer_features": (None, []),
+    "logging/ecosystemruntime_flatten": ("daily", ["logging/ecosystemruntime", "logging/ecosystemruntime_response"]),
+    "logging/ecosystemruntime_flatten_quarantine": (
+        "daily", ["logging/ecosystemruntime", "logging/ecosystemruntime_response"]),
+    "training_frame": (None, ["logging/ecosystemruntime_flatten", "recommender_demos/customer_features",
+                              "recommender_demos/offer_matrix"]),
+}
+EXPECTED_CHECKS = {
+    "logging/ecosystemruntime_flatten": {"schema", "no_null_keys", "accept_rate_between_0_and_1",
+                                         "rejected_share_below_threshold"},
+    "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows"},
+}
+
+
+def test_asset_graph_snapshot():
+    graph = defs.resolve_asset_graph()
+    snapshot = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        partitions = node.partitions_def
+        kind = None if partitions is None else ("daily" if isinstance(partitions, dg.DailyPartitionsDefinition) else "other")
+        snapshot[key.to_user_string()] = (kind, sorted(k.to_user_string() for k in node.parent_keys))
+    assert snapshot == EXPECTED_ASSETS
+    checks: dict = {}
+    for check_key in graph.asset_check_keys:
+        checks.setdefault(check_key.asset_key.to_user_string(), set()).add(check_key.name)
+    assert checks == EXPECTED_CHECKS
+
+
+def test_jobs_and_schedules_are_defined():
+    assert defs.resolve_job_def("flatten_runtime_logs").partitions_def is not None
+    assert defs.resolve_job_def("build_training_frame") is not None
+    schedule = defs.resolve_schedule_def("flatten_runtime_logs_schedule")
+    assert schedule.cron_schedule == "30 0 * * *"
+
+
+def test_dg_check_defs_passes():
+    env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+    result = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
