@@ -19,8 +19,10 @@ def _logs(quick: bool):
     movielens = datasets.find_dataset(datasets.MOVIELENS)
     if movielens is not None and not quick:
         from twotower_pipeline.ingest.movielens import load_movielens
+
         return "MovieLens 100K", load_movielens(movielens)
     from twotower_pipeline.ingest.simulator import simulate_traffic
+
     return "simulated", simulate_traffic(n_requests=5_000 if quick else 25_000).logs
 
 
@@ -38,9 +40,11 @@ def run(uri: str, quick: bool) -> list[dict]:
         presented, responses, orphans = fetch_runtime_window(store, start, end)
         result = flatten_runtime_logs(presented, responses, (start, end), orphans)
         # the same call the IO manager makes for ecosystemruntime_flatten
-        return frames.replace_slice(target, result.exposures, {"datetime": {"$gte": start, "$lt": end}})
+        return frames.replace_time_slice(target, result.exposures, "datetime", start, end)
 
-    rows = frames.frame_to_documents(flatten_runtime_logs(*fetch_runtime_window(store, start, end)[:2], (start, end)).exposures)
+    rows = frames.frame_to_documents(
+        flatten_runtime_logs(*fetch_runtime_window(store, start, end)[:2], (start, end)).exposures
+    )
 
     def raw(indexed: bool):
         reference.drop()
@@ -71,10 +75,22 @@ def run(uri: str, quick: bool) -> list[dict]:
             store.client.drop_database(database)
     label = f"{source}, {len(rows):,} exposures"
     return [
-        {"figure": f"flatten throughput vs raw insert_many ({label})", "ours": median["ours"],
-         "reference": median["raw"], "unit": "exposures/s"},
-        {"figure": "flatten throughput vs insert_many into a datetime-indexed collection", "ours": median["ours"],
-         "reference": median["raw_indexed"], "unit": "exposures/s"},
-        {"figure": "flatten re-materialisation (slice rewrite) vs raw insert_many", "ours": median["rewrite"],
-         "reference": median["raw"], "unit": "exposures/s"},
+        {
+            "figure": f"flatten throughput vs raw insert_many ({label})",
+            "ours": median["ours"],
+            "reference": median["raw"],
+            "unit": "exposures/s",
+        },
+        {
+            "figure": "flatten throughput vs insert_many into a datetime-indexed collection",
+            "ours": median["ours"],
+            "reference": median["raw_indexed"],
+            "unit": "exposures/s",
+        },
+        {
+            "figure": "flatten re-materialisation (slice rewrite) vs raw insert_many",
+            "ours": median["rewrite"],
+            "reference": median["raw"],
+            "unit": "exposures/s",
+        },
     ]

@@ -38,18 +38,24 @@ def main(argv=None) -> int:
         finally:
             server.stop()
     print(format_table(rows))
-    print(f"\n({'quick' if args.quick else 'full'} mode, {time.monotonic() - started:.0f}s; "
-          "ratio = ours / reference, higher is better for throughputs)")
+    print(
+        f"\n({'quick' if args.quick else 'full'} mode, {time.monotonic() - started:.0f}s; "
+        "ratio = ours / reference, higher is better for throughputs)"
+    )
     return 0
 
 
 def format_table(rows: list[dict]) -> str:
     header = ("figure", "ours", "reference", "ratio", "unit")
-    lines = [[r["figure"], f"{r['ours']:,.0f}", f"{r['reference']:,.0f}", f"{r['ours'] / r['reference']:.2f}", r["unit"]]
-             for r in rows]
+    lines = [
+        [r["figure"], f"{r['ours']:,.0f}", f"{r['reference']:,.0f}", f"{r['ours'] / r['reference']:.2f}", r["unit"]]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{'<' if i in (0, 4) else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from pymongo.errors import PyMongoError
+
 from twotower_pipeline.store.client import MongoStore, redact_text, resolve_uri
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
@@ -32,27 +34,36 @@ def cmd_load(args) -> int:
 
     if args.source == "movielens":
         from twotower_pipeline.ingest.movielens import load_movielens
+
         logs = load_movielens(args.path or _dataset(datasets.MOVIELENS))
     elif args.source == "coupons":
         from twotower_pipeline.ingest.coupon import load_coupons
+
         folder = args.path or _dataset(datasets.COUPONS)
-        logs = load_coupons(os.path.join(folder, "in-vehicle-coupon-recommendation.csv") if os.path.isdir(folder) else folder)
+        logs = load_coupons(
+            os.path.join(folder, "in-vehicle-coupon-recommendation.csv") if os.path.isdir(folder) else folder
+        )
     elif args.source == "simulate":
         from twotower_pipeline.ingest.simulator import simulate_traffic
+
         logs = simulate_traffic(n_requests=args.requests, seed=args.seed).logs
     else:
         from twotower_pipeline.ingest.importer import load_exposures_file
+
         if not args.path or not args.predictor:
             raise SystemExit("`twotower load file` needs --path FILE and --predictor NAME")
         logs = load_exposures_file(args.path, predictor=args.predictor)
     outcome = write_runtime_logs(_store(), logs, replace=args.replace)
-    print(f"{logs.predictor}: {outcome['presented']} presented, {outcome['responses']} responses, "
-          f"{outcome['exposures']} exposures ({'written' if outcome['written'] else 'already loaded'})")
+    print(
+        f"{logs.predictor}: {outcome['presented']} presented, {outcome['responses']} responses, "
+        f"{outcome['exposures']} exposures ({'written' if outcome['written'] else 'already loaded'})"
+    )
     return 0
 
 
 def _dataset(name: str) -> str:
     from twotower_pipeline.ingest import datasets
+
     path = datasets.find_dataset(name)
     if path is None:
         raise SystemExit(f"{name} not found under {datasets.data_root()}: pass --path or set TWOTOWER_DATA_DIR")
@@ -61,6 +72,7 @@ def _dataset(name: str) -> str:
 
 def cmd_demo(args) -> int:
     from twotower_pipeline.demo import run_demo
+
     return run_demo()
 
 
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, PyMongoError) as error:
         print(f"twotower {args.command}: {redact_text(str(error), os.environ.get('MONGODB_URI'))}", file=sys.stderr)
         return 2
 

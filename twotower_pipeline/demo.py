@@ -18,27 +18,36 @@ def load_sample_logs(store, log=print) -> str:
     movielens = datasets.find_dataset(datasets.MOVIELENS)
     if movielens is not None:
         from twotower_pipeline.ingest.movielens import load_movielens
+
         log(f"loading MovieLens 100K from {movielens}")
         logs = load_movielens(movielens)
     else:
         from twotower_pipeline.ingest.simulator import simulate_traffic
+
         log(f"{datasets.data_root()} has no {datasets.MOVIELENS}: using the synthetic traffic simulator")
         logs = simulate_traffic().logs
     outcome = write_runtime_logs(store, logs)
     state = "written" if outcome["written"] else "already loaded"
-    log(f"runtime logs for {logs.predictor}: {outcome['presented']} presented, {outcome['responses']} responses, "
-        f"{outcome['exposures']} exposures ({state})")
+    log(
+        f"runtime logs for {logs.predictor}: {outcome['presented']} presented, {outcome['responses']} responses, "
+        f"{outcome['exposures']} exposures ({state})"
+    )
     return logs.predictor
 
 
 def day_range(store, predictor: str) -> tuple[str, str]:
     """First and last UTC day with presented documents for the predictor."""
     from twotower_pipeline.store import names
+
     presented = store.collection(names.PRESENTED)
-    bounds = list(presented.aggregate([
-        {"$match": {"predictor": predictor}},
-        {"$group": {"_id": None, "first": {"$min": "$date_log"}, "last": {"$max": "$date_log"}}},
-    ]))
+    bounds = list(
+        presented.aggregate(
+            [
+                {"$match": {"predictor": predictor}},
+                {"$group": {"_id": None, "first": {"$min": "$date_log"}, "last": {"$max": "$date_log"}}},
+            ]
+        )
+    )
     if not bounds:
         raise RuntimeError(f"no presented documents for {predictor}")
     return bounds[0]["first"].strftime("%Y-%m-%d"), bounds[0]["last"].strftime("%Y-%m-%d")
@@ -61,23 +70,32 @@ def run_demo() -> int:
     flatten = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
     print(f"materialising ecosystemruntime_flatten for {first}..{last} as one run")
     result = dg.materialize(
-        assets, instance=instance, resources=resources,
+        assets,
+        instance=instance,
+        resources=resources,
         selection=[flatten, dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])],
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
     flatten_meta = _materialization_metadata(result, flatten)
     print(f"materialising training_frame for predictor {predictor}")
     result = dg.materialize(
-        assets, instance=instance, resources=resources, selection=["training_frame"],
+        assets,
+        instance=instance,
+        resources=resources,
+        selection=["training_frame"],
         run_config={"ops": {"training_frame": {"config": {"predictor": predictor}}}},
     )
     frame_meta = _materialization_metadata(result, dg.AssetKey("training_frame"))
 
     print("\nsummary")
-    print(f"  flatten:        {flatten_meta['exposures']} exposures, {flatten_meta['accepted']} accepted, "
-          f"{flatten_meta['quarantined']} quarantined")
-    print(f"  training frame: {frame_meta['rows']} rows, accept rate {frame_meta['accept_rate']:.3f}, "
-          f"{frame_meta['customers']} customers, {frame_meta['offers']} offers")
+    print(
+        f"  flatten:        {flatten_meta['exposures']} exposures, {flatten_meta['accepted']} accepted, "
+        f"{flatten_meta['quarantined']} quarantined"
+    )
+    print(
+        f"  training frame: {frame_meta['rows']} rows, accept rate {frame_meta['accept_rate']:.3f}, "
+        f"{frame_meta['customers']} customers, {frame_meta['offers']} offers"
+    )
     print(f"  took {time.monotonic() - started:.0f}s; open the UI with `make ui` (dagster dev) to browse it")
     return 0
 

@@ -18,32 +18,44 @@ ASSETS = list(defs.assets)
 
 def _seed_logs(store):
     next_day = DAY + dt.timedelta(days=1, hours=9)
-    store.collection(names.PRESENTED).insert_many([
-        presented("r1", customer="c1", offers=("a", "b", "c")),
-        presented("r2", customer="c2", offers=("b", "c")),
-        presented("r3", customer="c1", offers=("a", "c"), when=next_day),
-        presented("bad", api_params={}, params=[]),
-        presented("r4", customer="c3", offers=("a",), predictor="other"),
-    ])
-    store.collection(names.RESPONSES).insert_many([
-        response("r1", accepted=("b",)),
-        response("r2", accepted=("c",)),
-        response("r3", accepted=("a",), when=next_day + dt.timedelta(minutes=5)),
-        response("ghost", when=next_day),
-    ])
-    store.collection(names.CUSTOMER_FEATURES).insert_many([
-        {"customer_id": "c1", "age": 30, "segment": "gold"},
-        {"customer_id": "c2", "age": None, "segment": None},
-    ])
-    store.collection(names.OFFER_MATRIX).insert_many([
-        {"offer_name": o, "offer_id": i, "price": 1.0 + i, "cost": 0.5, "category": cat}
-        for i, (o, cat) in enumerate([("a", "x"), ("b", "y"), ("c", "x")])
-    ])
+    store.collection(names.PRESENTED).insert_many(
+        [
+            presented("r1", customer="c1", offers=("a", "b", "c")),
+            presented("r2", customer="c2", offers=("b", "c")),
+            presented("r3", customer="c1", offers=("a", "c"), when=next_day),
+            presented("bad", api_params={}, params=[]),
+            presented("r4", customer="c3", offers=("a",), predictor="other"),
+        ]
+    )
+    store.collection(names.RESPONSES).insert_many(
+        [
+            response("r1", accepted=("b",)),
+            response("r2", accepted=("c",)),
+            response("r3", accepted=("a",), when=next_day + dt.timedelta(minutes=5)),
+            response("ghost", when=next_day),
+        ]
+    )
+    store.collection(names.CUSTOMER_FEATURES).insert_many(
+        [
+            {"customer_id": "c1", "age": 30, "segment": "gold"},
+            {"customer_id": "c2", "age": None, "segment": None},
+        ]
+    )
+    store.collection(names.OFFER_MATRIX).insert_many(
+        [
+            {"offer_name": o, "offer_id": i, "price": 1.0 + i, "cost": 0.5, "category": cat}
+            for i, (o, cat) in enumerate([("a", "x"), ("b", "y"), ("c", "x")])
+        ]
+    )
 
 
 def _flatten(mongo, run_config=None, **kwargs):
     return dg.materialize(
-        ASSETS, resources=build_resources(mongo), selection=[FLATTEN, QUARANTINE], run_config=run_config, **kwargs,
+        ASSETS,
+        resources=build_resources(mongo),
+        selection=[FLATTEN, QUARANTINE],
+        run_config=run_config,
+        **kwargs,
     )
 
 
@@ -59,8 +71,14 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     assert not result.success
     flat = frames.read_frame(store.collection(names.FLATTEN)).sort_values(["uuid", "offer"])
     assert list(zip(flat["uuid"], flat["offer"], flat["accepted"])) == [
-        ("r1", "a", 0), ("r1", "b", 1), ("r1", "c", 0), ("r2", "b", 0), ("r2", "c", 1),
-        ("r3", "a", 1), ("r3", "c", 0), ("r4", "a", 0),
+        ("r1", "a", 0),
+        ("r1", "b", 1),
+        ("r1", "c", 0),
+        ("r2", "b", 0),
+        ("r2", "c", 1),
+        ("r3", "a", 1),
+        ("r3", "c", 0),
+        ("r4", "a", 0),
     ]
     quarantine = frames.read_frame(store.collection(names.FLATTEN_QUARANTINE))
     assert sorted(quarantine["reason"]) == ["missing_customer", "orphan_response"]
@@ -69,8 +87,12 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     assert by_key[FLATTEN]["exposures"].value == 8 and by_key[FLATTEN]["accepted"].value == 3
     assert by_key[QUARANTINE]["rejected_orphan_response"].value == 1
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"schema": True, "no_null_keys": True, "accept_rate_between_0_and_1": True,
-                      "rejected_share_below_threshold": False}
+    assert checks == {
+        "schema": True,
+        "no_null_keys": True,
+        "accept_rate_between_0_and_1": True,
+        "rejected_share_below_threshold": False,
+    }
     # re-materialising one day rewrites it and leaves the other alone
     store.collection(names.RESPONSES).insert_one(response("r2", accepted=("b",)))
     _flatten(mongo, partition_key="2024-03-05", raise_on_error=False)
@@ -88,8 +110,13 @@ def test_rejected_share_threshold_is_configurable(mongo, store):
 
 
 def _training_frame(mongo, **config):
-    return dg.materialize(ASSETS, resources=build_resources(mongo), selection=["training_frame"],
-                          run_config={"ops": {"training_frame": {"config": config}}}, raise_on_error=False)
+    return dg.materialize(
+        ASSETS,
+        resources=build_resources(mongo),
+        selection=["training_frame"],
+        run_config={"ops": {"training_frame": {"config": config}}},
+        raise_on_error=False,
+    )
 
 
 def test_training_frame_joins_features_and_fills_gaps(mongo, store):
@@ -131,11 +158,14 @@ def test_training_frame_for_an_unknown_predictor_says_what_exists(mongo, store):
     assert "no exposures for predictor 'nope'" in message and "['other', 'p1']" in message
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"predictor": "p1", "from_date": "2024-03-06", "to_date": "2024-03-05"}, "must be before to_date"),
-    ({"predictor": "p1", "from_date": "05/03/2024"}, "is not an ISO date"),
-    ({"predictor": ""}, "at least 1 character"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"predictor": "p1", "from_date": "2024-03-06", "to_date": "2024-03-05"}, "must be before to_date"),
+        ({"predictor": "p1", "from_date": "05/03/2024"}, "is not an ISO date"),
+        ({"predictor": ""}, "at least 1 character"),
+    ],
+)
 def test_training_window_config_is_validated(config, message):
     with pytest.raises(Exception, match=message):
         TrainingFrameConfig(**config)
@@ -148,8 +178,10 @@ def test_movielens_logs_flatten_to_every_rating(mongo, store, shared_data):
     logs = load_movielens(shared_data / "ml-100k")
     assert write_runtime_logs(store, logs)["written"] is True
     assert write_runtime_logs(store, logs)["written"] is False  # idempotent
-    result = _flatten(mongo, tags={"dagster/asset_partition_range_start": "1997-09-20",
-                                   "dagster/asset_partition_range_end": "1998-04-22"})
+    result = _flatten(
+        mongo,
+        tags={"dagster/asset_partition_range_start": "1997-09-20", "dagster/asset_partition_range_end": "1998-04-22"},
+    )
     assert result.success
     flat = frames.read_frame(store.collection(names.FLATTEN), columns=["customer_id", "offer", "accepted"])
     ratings = pd.read_csv(shared_data / "ml-100k" / "u.data", sep="\t", names=["u", "i", "r", "t"])

@@ -19,13 +19,21 @@ EXPECTED_ASSETS = {
     "recommender_demos/customer_features": (None, []),
     "logging/ecosystemruntime_flatten": ("daily", ["logging/ecosystemruntime", "logging/ecosystemruntime_response"]),
     "logging/ecosystemruntime_flatten_quarantine": (
-        "daily", ["logging/ecosystemruntime", "logging/ecosystemruntime_response"]),
-    "training_frame": (None, ["logging/ecosystemruntime_flatten", "recommender_demos/customer_features",
-                              "recommender_demos/offer_matrix"]),
+        "daily",
+        ["logging/ecosystemruntime", "logging/ecosystemruntime_response"],
+    ),
+    "training_frame": (
+        None,
+        ["logging/ecosystemruntime_flatten", "recommender_demos/customer_features", "recommender_demos/offer_matrix"],
+    ),
 }
 EXPECTED_CHECKS = {
-    "logging/ecosystemruntime_flatten": {"schema", "no_null_keys", "accept_rate_between_0_and_1",
-                                         "rejected_share_below_threshold"},
+    "logging/ecosystemruntime_flatten": {
+        "schema",
+        "no_null_keys",
+        "accept_rate_between_0_and_1",
+        "rejected_share_below_threshold",
+    },
     "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows"},
 }
 
@@ -36,7 +44,11 @@ def test_asset_graph_snapshot():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         partitions = node.partitions_def
-        kind = None if partitions is None else ("daily" if isinstance(partitions, dg.DailyPartitionsDefinition) else "other")
+        kind = (
+            None
+            if partitions is None
+            else ("daily" if isinstance(partitions, dg.DailyPartitionsDefinition) else "other")
+        )
         snapshot[key.to_user_string()] = (kind, sorted(k.to_user_string() for k in node.parent_keys))
     assert snapshot == EXPECTED_ASSETS
     checks: dict = {}
@@ -54,7 +66,13 @@ def test_jobs_and_schedules_are_defined():
 
 def test_dg_check_defs_passes():
     env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
-    result = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr

@@ -9,7 +9,9 @@ import pymongo
 
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
-ASK_FOR_URI = "import sys; from twotower_pipeline.store.embedded import EmbeddedMongo; print(EmbeddedMongo(sys.argv[1]).uri())"
+ASK_FOR_URI = (
+    "import sys; from twotower_pipeline.store.embedded import EmbeddedMongo; print(EmbeddedMongo(sys.argv[1]).uri())"
+)
 
 
 def _uri_from_another_process(data_dir) -> str:

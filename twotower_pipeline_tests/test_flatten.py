@@ -24,7 +24,11 @@ def test_each_offer_shown_is_a_row_and_accepted_comes_from_the_matching_response
         [response("r1", accepted=("a", "c")), response("r2", accepted=("d",), by="offer")],
     )
     assert accepted_map(result) == {
-        ("r1", "a"): 1, ("r1", "b"): 0, ("r1", "c"): 1, ("r2", "b"): 0, ("r2", "d"): 1,
+        ("r1", "a"): 1,
+        ("r1", "b"): 0,
+        ("r1", "c"): 1,
+        ("r2", "b"): 0,
+        ("r2", "d"): 1,
     }
     frame = result.exposures
     assert frame.loc[frame["uuid"] == "r2", "customer_id"].unique().tolist() == ["c2"]

@@ -22,8 +22,13 @@ def _day_rows(window: dg.TimeWindow, version: str) -> pd.DataFrame:
 
 
 def _partitioned_assets(version: str, extra_row: bool = False):
-    @dg.asset(key=["testdb", "events"], partitions_def=DAYS, io_manager_key="frames",
-              metadata={"partition_expr": "day"}, backfill_policy=dg.BackfillPolicy.single_run())
+    @dg.asset(
+        key=["testdb", "events"],
+        partitions_def=DAYS,
+        io_manager_key="frames",
+        metadata={"partition_expr": "day"},
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
     def events(context: dg.AssetExecutionContext) -> pd.DataFrame:
         frame = _day_rows(context.partition_time_window, version)
         if extra_row:  # a row that belongs to a day outside the partition being written
@@ -34,8 +39,9 @@ def _partitioned_assets(version: str, extra_row: bool = False):
     def summary(events: pd.DataFrame) -> pd.DataFrame:
         return events.groupby("version").size().rename("rows").reset_index()
 
-    @dg.asset(key=["testdb", "daily_copy"], partitions_def=DAYS, io_manager_key="frames",
-              metadata={"partition_expr": "day"})
+    @dg.asset(
+        key=["testdb", "daily_copy"], partitions_def=DAYS, io_manager_key="frames", metadata={"partition_expr": "day"}
+    )
     def daily_copy(events: pd.DataFrame) -> pd.DataFrame:
         return events
 
@@ -54,7 +60,9 @@ def test_rewriting_a_partition_replaces_only_that_slice(mongo, store):
     assets = _partitioned_assets("v1")
     for day in ("2024-01-02", "2024-01-03"):
         assert _materialize(mongo, assets, partition_key=day, selection=["testdb/events"]).success
-    assert _materialize(mongo, _partitioned_assets("v2"), partition_key="2024-01-03", selection=["testdb/events"]).success
+    assert _materialize(
+        mongo, _partitioned_assets("v2"), partition_key="2024-01-03", selection=["testdb/events"]
+    ).success
     stored = _stored(store)
     assert len(stored) == 6
     by_day = stored.groupby(stored["day"].dt.strftime("%Y-%m-%d"))["version"].agg(set).to_dict()
@@ -71,22 +79,31 @@ def test_a_range_is_written_in_one_run_and_loaded_whole_downstream(mongo, store)
     summary = frames.read_frame(store.collection("testdb.summary"))
     assert summary.to_dict("records") == [{"version": "v1", "rows": 9}]
     # a partitioned asset downstream loads just its own slice
-    assert _materialize(mongo, _partitioned_assets("v1"), partition_key="2024-01-03", selection=["testdb/daily_copy"]).success
+    assert _materialize(
+        mongo, _partitioned_assets("v1"), partition_key="2024-01-03", selection=["testdb/daily_copy"]
+    ).success
     assert _stored(store, "daily_copy")["day"].dt.day.unique().tolist() == [3]
 
 
 def test_rows_outside_the_partition_are_refused_and_nothing_is_written(mongo, store):
-    assert _materialize(mongo, _partitioned_assets("v1"), partition_key="2024-01-02", selection=["testdb/events"]).success
+    assert _materialize(
+        mongo, _partitioned_assets("v1"), partition_key="2024-01-02", selection=["testdb/events"]
+    ).success
     with pytest.raises(dg.DagsterInvariantViolationError, match="1 of 4 rows lie outside"):
-        _materialize(mongo, _partitioned_assets("v2", extra_row=True), partition_key="2024-01-02",
-                     selection=["testdb/events"])
+        _materialize(
+            mongo, _partitioned_assets("v2", extra_row=True), partition_key="2024-01-02", selection=["testdb/events"]
+        )
     assert set(_stored(store)["version"]) == {"v1"}
 
 
 def test_a_failed_write_leaves_the_previous_slice_whole(store, monkeypatch):
     collection = store.collection("testdb.events")
-    day = {"day": {"$gte": dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
-                   "$lt": dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc)}}
+    day = {
+        "day": {
+            "$gte": dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
+            "$lt": dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc),
+        }
+    }
     old = pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * 3, utc=True), "v": ["old"] * 3})
     frames.replace_slice(collection, old, day)
     monkeypatch.setattr(frames, "INSERT_BATCH", 2)
@@ -109,8 +126,15 @@ def test_unpartitioned_rewrite_swaps_the_collection_whole(mongo, store):
     def table(rows):
         @dg.asset(key=["testdb", "table"], io_manager_key="frames", metadata={"mongo_indexes": [["k"]]})
         def table_asset() -> pd.DataFrame:
-            return pd.DataFrame({"k": range(rows), "x": np.arange(rows) * 0.5,
-                                 "when": pd.Timestamp("2024-01-01", tz="UTC"), "tags": [["a"]] * rows})
+            return pd.DataFrame(
+                {
+                    "k": range(rows),
+                    "x": np.arange(rows) * 0.5,
+                    "when": pd.Timestamp("2024-01-01", tz="UTC"),
+                    "tags": [["a"]] * rows,
+                }
+            )
+
         return table_asset
 
     assert _materialize(mongo, [table(5)]).success
@@ -144,6 +168,7 @@ def test_artefacts_round_trip_through_gridfs_and_keep_versions(mongo, store):
         @dg.asset(key="linear_model", io_manager_key="artefacts")
         def linear_model() -> LinearModel:
             return LinearModel(np.arange(6.0).reshape(2, 3) * scale)
+
         return linear_model
 
     @dg.asset(key="model_sum")
@@ -166,3 +191,38 @@ def test_unregistered_objects_are_not_stored(mongo):
 
     with pytest.raises(TypeError, match="not a registered artefact kind"):
         dg.materialize([not_an_artefact], resources={"artefacts": GridFSArtefactIOManager(mongo=mongo)})
+
+
+def test_time_ordered_ids_make_the_id_index_serve_day_slices(mongo, store):
+    @dg.asset(
+        key=["testdb", "timed"],
+        partitions_def=DAYS,
+        io_manager_key="frames",
+        metadata={"partition_expr": "when", "mongo_time_ordered_ids": True},
+    )
+    def timed(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        start = pd.Timestamp(context.partition_time_window.start)
+        edges = [start, start + pd.Timedelta(hours=23, minutes=59, seconds=59, milliseconds=900)]
+        return pd.DataFrame({"when": edges, "day": context.partition_key})
+
+    @dg.asset(
+        key=["testdb", "timed_copy"], partitions_def=DAYS, io_manager_key="frames", metadata={"partition_expr": "when"}
+    )
+    def timed_copy(timed: pd.DataFrame) -> pd.DataFrame:
+        return timed
+
+    for day in ("2024-01-02", "2024-01-03", "2024-01-02"):
+        assert _materialize(mongo, [timed], partition_key=day).success
+    collection = store.collection("testdb.timed")
+    documents = list(collection.find())
+    assert sorted(d["day"] for d in documents) == ["2024-01-02", "2024-01-02", "2024-01-03", "2024-01-03"]
+    for document in documents:  # the id's leading bytes are the row's time, to the second
+        assert document["_id"].generation_time == document["when"].replace(microsecond=0)
+    assert list(collection.index_information()) == ["_id_"]
+    assert _materialize(mongo, [timed, timed_copy], partition_key="2024-01-03", selection=["testdb/timed_copy"]).success
+    assert set(frames.read_frame(store.collection("testdb.timed_copy"))["day"]) == {"2024-01-03"}
+
+
+def test_time_ordered_ids_refuse_times_they_cannot_carry():
+    with pytest.raises(ValueError, match="1970-01-01..2106"):
+        frames.time_ordered_ids(pd.Series(pd.to_datetime(["1969-12-31"], utc=True)))

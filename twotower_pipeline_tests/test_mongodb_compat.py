@@ -39,8 +39,12 @@ def test_in_queries_and_simple_aggregation(store):
     coll = store.collection("compat.agg")
     coll.insert_many([{"p": f"p{i % 2}", "t": dt.datetime(2024, 1, 1 + i, tzinfo=UTC), "u": str(i)} for i in range(10)])
     assert coll.count_documents({"u": {"$in": [str(i) for i in range(0, 10, 2)]}}) == 5
-    groups = {g["_id"]: g for g in coll.aggregate([
-        {"$match": {"p": "p1"}}, {"$group": {"_id": "$p", "n": {"$sum": 1}, "first": {"$min": "$t"}}}])}
+    groups = {
+        g["_id"]: g
+        for g in coll.aggregate(
+            [{"$match": {"p": "p1"}}, {"$group": {"_id": "$p", "n": {"$sum": 1}, "first": {"$min": "$t"}}}]
+        )
+    }
     assert groups["p1"]["n"] == 5 and groups["p1"]["first"].day == 2
 
 

@@ -1,14 +1,16 @@
 """Data-quality checks on frames, as check results the assets emit with their output."""
 
-
 import dagster as dg
 import pandas as pd
 
 
 def schema_check(asset_key, frame: pd.DataFrame, expected: dict[str, str], name: str = "schema") -> dg.AssetCheckResult:
     """Every expected column is present with the expected kind ("string", "number", "datetime")."""
-    kinds = {"string": _is_string, "number": pd.api.types.is_numeric_dtype,
-             "datetime": pd.api.types.is_datetime64_any_dtype}
+    kinds = {
+        "string": _is_string,
+        "number": pd.api.types.is_numeric_dtype,
+        "datetime": pd.api.types.is_datetime64_any_dtype,
+    }
     problems = []
     for column, kind in expected.items():
         if column not in frame.columns:
@@ -16,25 +18,40 @@ def schema_check(asset_key, frame: pd.DataFrame, expected: dict[str, str], name:
         elif len(frame) and not kinds[kind](frame[column]):
             problems.append(f"{column}: {frame[column].dtype}, expected {kind}")
     return dg.AssetCheckResult(
-        asset_key=asset_key, check_name=name, passed=not problems,
-        metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
-                  "columns": len(frame.columns)},
+        asset_key=asset_key,
+        check_name=name,
+        passed=not problems,
+        metadata={
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            "columns": len(frame.columns),
+        },
     )
 
 
 def no_null_keys_check(asset_key, frame: pd.DataFrame, keys: list[str]) -> dg.AssetCheckResult:
-    nulls = {k: int(frame[k].isna().sum() + (frame[k].astype(str).str.strip() == "").sum())
-             for k in keys if k in frame.columns}
-    return dg.AssetCheckResult(asset_key=asset_key, check_name="no_null_keys", passed=sum(nulls.values()) == 0,
-                               metadata={f"null_{k}": v for k, v in nulls.items()})
+    nulls = {
+        k: int(frame[k].isna().sum() + (frame[k].astype(str).str.strip() == "").sum())
+        for k in keys
+        if k in frame.columns
+    }
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="no_null_keys",
+        passed=sum(nulls.values()) == 0,
+        metadata={f"null_{k}": v for k, v in nulls.items()},
+    )
 
 
 def accept_rate_check(asset_key, frame: pd.DataFrame, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
     """A target that is all 0 or all 1 cannot teach a model anything."""
     rate = float(frame["accepted"].mean()) if len(frame) else 0.0
-    return dg.AssetCheckResult(asset_key=asset_key, check_name="accept_rate_between_0_and_1",
-                               passed=bool(len(frame)) and 0.0 < rate < 1.0, severity=severity,
-                               metadata={"accept_rate": rate, "rows": len(frame)})
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="accept_rate_between_0_and_1",
+        passed=bool(len(frame)) and 0.0 < rate < 1.0,
+        severity=severity,
+        metadata={"accept_rate": rate, "rows": len(frame)},
+    )
 
 
 def _is_string(values: pd.Series) -> bool:

@@ -1,7 +1,6 @@
 """IO managers over MongoDB: DataFrames (partition-aware, after Dagster's DbIOManager) and
 model artefacts (GridFS)."""
 
-
 from typing import Any
 
 import dagster as dg
@@ -14,6 +13,7 @@ from twotower_pipeline.store import artefacts, frames
 COLLECTION_KEY = "mongo_collection"  # "database.collection"; default: the asset key's two parts
 PARTITION_KEY = "partition_expr"  # the field that holds the partition (required when partitioned)
 INDEXES_KEY = "mongo_indexes"  # list of field lists to index besides the partition field
+TIME_IDS_KEY = "mongo_time_ordered_ids"  # time partitions: `_id`s carry the row's time (no extra index)
 
 
 def _meta(context, key: str, default=None):
@@ -50,19 +50,21 @@ def slice_filter(context, definition) -> dict:
         )
     if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
         window = context.asset_partitions_time_window
+        if _meta(definition, TIME_IDS_KEY):
+            return frames.time_range_filter(window.start, window.end)
         return {field: {"$gte": window.start, "$lt": window.end}}
     return {field: {"$in": list(context.asset_partition_keys)}}
 
 
-def _rows_outside(frame: pd.DataFrame, query: dict) -> int:
-    (field, condition), = query.items()
+def _rows_outside(context, frame: pd.DataFrame) -> int:
+    field = _meta(context, PARTITION_KEY)
     if field not in frame.columns:
         return len(frame)
-    values = frame[field]
-    if "$in" in condition:
-        return int((~values.astype(str).isin(condition["$in"])).sum())
-    values = pd.to_datetime(values, utc=True)
-    return int(((values < condition["$gte"]) | (values >= condition["$lt"])).sum())
+    if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
+        window = context.asset_partitions_time_window
+        values = pd.to_datetime(frame[field], utc=True)
+        return int(((values < window.start) | (values >= window.end)).sum())
+    return int((~frame[field].astype(str).isin(list(context.asset_partition_keys))).sum())
 
 
 class MongoFrameIOManager(dg.ConfigurableIOManager):
@@ -76,25 +78,35 @@ class MongoFrameIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pandas DataFrame, got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: expected a pandas DataFrame, got {type(obj).__name__}"
+            )
         location = collection_location(context)
         collection = self.mongo.store().collection(location)
         query = slice_filter(context, context)
         indexes = [list(ix) for ix in (_meta(context, INDEXES_KEY) or [])]
         if query:
-            outside = _rows_outside(obj, query)
+            outside = _rows_outside(context, obj)
             if outside:
                 raise dg.DagsterInvariantViolationError(
                     f"{context.asset_key.to_user_string()}: {outside} of {len(obj)} rows lie outside the "
                     f"partition(s) being written ({_meta(context, PARTITION_KEY)} not in {query})"
                 )
-            written = frames.replace_slice(collection, obj, query, indexes)
+            if _meta(context, TIME_IDS_KEY):
+                window = context.asset_partitions_time_window
+                written = frames.replace_time_slice(
+                    collection, obj, _meta(context, PARTITION_KEY), window.start, window.end
+                )
+            else:
+                written = frames.replace_slice(collection, obj, query, indexes)
         else:
             written = frames.replace_collection(collection, obj, indexes)
-        context.add_output_metadata({
-            "dagster/row_count": written,
-            "collection": dg.MetadataValue.text(location),
-        })
+        context.add_output_metadata(
+            {
+                "dagster/row_count": written,
+                "collection": dg.MetadataValue.text(location),
+            }
+        )
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         upstream = context.upstream_output
@@ -120,8 +132,9 @@ class GridFSArtefactIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         name = self._name(context)
         file_id = artefacts.save_artefact(self.mongo.store(), name, obj, {"dagster_run_id": context.run_id})
-        context.add_output_metadata({"artefact": dg.MetadataValue.text(f"{artefacts.ARTEFACT_BUCKET}/{name}"),
-                                     "artefact_file_id": file_id})
+        context.add_output_metadata(
+            {"artefact": dg.MetadataValue.text(f"{artefacts.ARTEFACT_BUCKET}/{name}"), "artefact_file_id": file_id}
+        )
 
     def load_input(self, context: dg.InputContext) -> Any:
         return artefacts.load_artefact(self.mongo.store(), self._name(context))

@@ -22,5 +22,8 @@ training_frame_job = dg.define_asset_job(
 # Runs shortly after midnight UTC for the day that just ended; late responses are picked up by
 # re-materialising a day (the slice is rewritten, never appended to).
 daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
-    flatten_runtime_logs_job, hour_of_day=0, minute_of_hour=30, default_status=dg.DefaultScheduleStatus.STOPPED,
+    flatten_runtime_logs_job,
+    hour_of_day=0,
+    minute_of_hour=30,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
 )

@@ -1,6 +1,5 @@
 """MongoDB as a Dagster resource; which server is decided in one place (`mongo_from_environment`)."""
 
-
 import os
 from typing import Optional
 

@@ -91,8 +91,10 @@ def read_coupons(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"coupon file {path} lacks column(s) {', '.join(repr(c) for c in missing)}")
     bad_label = ~frame[label].str.strip().isin(["0", "1"])
     if bad_label.any():
-        line = int(np.flatnonzero(bad_label.to_numpy())[0]) + 2
-        raise ValueError(f"coupon file {path}: column {label!r} must be 0/1 (line {line}: {frame[label].iloc[line - 2]!r})")
+        first = int(np.flatnonzero(bad_label.to_numpy())[0])
+        raise ValueError(
+            f"coupon file {path}: column {label!r} must be 0/1 (line {first + 2}: {frame[label].iloc[first]!r})"
+        )
     unknown = sorted(set(frame["coupon"]) - set(COUPON_PRICES))
     if unknown:
         raise ValueError(f"coupon file {path}: column 'coupon' has unknown coupon type(s) {unknown}")

@@ -21,17 +21,37 @@ from twotower_pipeline.store import names
 from twotower_pipeline.store.frames import chunked
 
 EXPOSURE_COLUMNS = (
-    "uuid", "predictor", "channel", "customer_id", "offer", "offer_name",
-    "accepted", "price", "rank", "score", "datetime",
+    "uuid",
+    "predictor",
+    "channel",
+    "customer_id",
+    "offer",
+    "offer_name",
+    "accepted",
+    "price",
+    "rank",
+    "score",
+    "datetime",
 )
 QUARANTINE_COLUMNS = ("uuid", "predictor", "source", "reason", "detail", "datetime", "document")
 
 #: Why a document or exposure was set aside; every reason is counted, zero or not.
 REASONS = (
-    "missing_uuid", "missing_predictor", "missing_customer", "naive_datetime",
-    "empty_final_result", "malformed_final_result", "malformed_offer", "duplicate_offer",
-    "non_numeric_price", "non_numeric_score", "non_numeric_rank", "duplicate_uuid",
-    "malformed_response", "orphan_response", "accepted_not_shown",
+    "missing_uuid",
+    "missing_predictor",
+    "missing_customer",
+    "naive_datetime",
+    "empty_final_result",
+    "malformed_final_result",
+    "malformed_offer",
+    "duplicate_offer",
+    "non_numeric_price",
+    "non_numeric_score",
+    "non_numeric_rank",
+    "duplicate_uuid",
+    "malformed_response",
+    "orphan_response",
+    "accepted_not_shown",
 )
 UUID_LOOKUP_BATCH = 100  # large $in lists are slow on some servers; 100 keeps each lookup cheap
 
@@ -54,7 +74,9 @@ def parse_utc(value) -> tuple[dt.datetime | None, str | None]:
     """(UTC datetime, None) or (None, reason). Naive strings are refused: their zone is unknown."""
     if isinstance(value, dt.datetime):
         # BSON dates are UTC; a naive datetime object can only have come from a naive client.
-        return (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)), None
+        return (
+            value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+        ), None
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -146,14 +168,18 @@ def flatten_runtime_logs(
 
     def reject(doc, reason, detail, source="presented", when=None, request_id=None):
         counts[f"rejected_{reason}"] += 1
-        quarantine.append({
-            "uuid": request_id if request_id is not None else (str(doc.get("uuid")) if doc.get("uuid") else None),
-            "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
-            "source": source, "reason": reason, "detail": detail,
-            "datetime": when if when is not None else start, "document": _document_copy(doc),
-        })
+        quarantine.append(
+            {
+                "uuid": request_id if request_id is not None else (str(doc.get("uuid")) if doc.get("uuid") else None),
+                "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
+                "source": source,
+                "reason": reason,
+                "detail": detail,
+                "datetime": when if when is not None else start,
+                "document": _document_copy(doc),
+            }
+        )
 
-    accepted_by_uuid: dict[str, set[str]] = {}
     response_docs: dict[str, list[dict]] = {}
     for response in responses:
         counts["responses"] += 1
@@ -193,7 +219,9 @@ def flatten_runtime_logs(
             continue
         final_result = doc.get("final_result")
         if not isinstance(final_result, list):
-            reject(doc, "malformed_final_result", f"final_result is {type(final_result).__name__}, not a list", when=when)
+            reject(
+                doc, "malformed_final_result", f"final_result is {type(final_result).__name__}, not a list", when=when
+            )
             continue
         if not final_result:
             reject(doc, "empty_final_result", "final_result is empty", when=when)
@@ -215,8 +243,15 @@ def flatten_runtime_logs(
             price = _number(result.get("price"), math.nan)
             score = _number(result.get("score"), math.nan)
             rank = _number(entry.get("rank"), float(position))
-            bad = [(n, v, r) for n, v, r in (("price", price, "non_numeric_price"), ("score", score, "non_numeric_score"),
-                                              ("rank", rank, "non_numeric_rank")) if v is None]
+            bad = [
+                (n, v, r)
+                for n, v, r in (
+                    ("price", price, "non_numeric_price"),
+                    ("score", score, "non_numeric_score"),
+                    ("rank", rank, "non_numeric_rank"),
+                )
+                if v is None
+            ]
             if bad:
                 name, _, reason = bad[0]
                 raw = entry.get("rank") if name == "rank" else result.get(name)
@@ -247,20 +282,37 @@ def flatten_runtime_logs(
         for response in docs:
             offers = _accepted_offers(response)
             if offers is None:
-                reject(response, "malformed_response", "response.offers_accepted is not a list of offers",
-                       source="response", when=when, request_id=request_id)
+                reject(
+                    response,
+                    "malformed_response",
+                    "response.offers_accepted is not a list of offers",
+                    source="response",
+                    when=when,
+                    request_id=request_id,
+                )
                 continue
             for offer in offers:
                 i = row_index.get((request_id, offer), name_index.get((request_id, offer)))
                 if i is None:
-                    reject(response, "accepted_not_shown", f"offer {offer!r} was accepted but not in final_result",
-                           source="response", when=when, request_id=request_id)
+                    reject(
+                        response,
+                        "accepted_not_shown",
+                        f"offer {offer!r} was accepted but not in final_result",
+                        source="response",
+                        when=when,
+                        request_id=request_id,
+                    )
                 else:
                     rows["accepted"][i] = 1
     for response in orphan_responses:
         when, _ = parse_utc(response.get("date_log"))
-        reject(response, "orphan_response", f"no presented document has uuid {response.get('uuid')!r}",
-               source="response", when=when or start)
+        reject(
+            response,
+            "orphan_response",
+            f"no presented document has uuid {response.get('uuid')!r}",
+            source="response",
+            when=when or start,
+        )
 
     exposures = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
     exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64"})
@@ -276,7 +328,10 @@ def flatten_runtime_logs(
 
 
 def fetch_runtime_window(
-    store, start: dt.datetime, end: dt.datetime, response_window: dt.timedelta = dt.timedelta(days=7),
+    store,
+    start: dt.datetime,
+    end: dt.datetime,
+    response_window: dt.timedelta = dt.timedelta(days=7),
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Presented documents of `[start, end)`, their responses, and the window's orphan responses.
 
@@ -287,8 +342,10 @@ def fetch_runtime_window(
     """
     presented_coll = store.collection(names.PRESENTED)
     responses_coll = store.collection(names.RESPONSES)
-    text_window = {"$gte": (start - dt.timedelta(days=1)).date().isoformat(),
-                   "$lt": (end + dt.timedelta(days=1)).date().isoformat()}
+    text_window = {
+        "$gte": (start - dt.timedelta(days=1)).date().isoformat(),
+        "$lt": (end + dt.timedelta(days=1)).date().isoformat(),
+    }
     # No projection: on the embedded server a projection costs more than the bytes it saves.
     presented = list(presented_coll.find({"date_log": {"$gte": start, "$lt": end}}))
     presented += list(presented_coll.find({"date_log": text_window}))

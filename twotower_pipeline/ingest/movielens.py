@@ -20,9 +20,25 @@ PREDICTOR = "ml100k_movies"
 CHANNEL = "web"
 ACCEPT_RATING = 4
 GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 
@@ -37,15 +53,22 @@ def read_movielens(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, p
     """(ratings, users, movies) as read from the GroupLens files."""
     directory = Path(directory)
     ratings = pd.read_csv(
-        _require(directory, "u.data"), sep="\t", names=["user_id", "item_id", "rating", "timestamp"],
+        _require(directory, "u.data"),
+        sep="\t",
+        names=["user_id", "item_id", "rating", "timestamp"],
         dtype={"user_id": "int64", "item_id": "int64", "rating": "int64", "timestamp": "int64"},
     )
     users = pd.read_csv(
-        _require(directory, "u.user"), sep="|", names=["user_id", "age", "gender", "occupation", "zip"],
+        _require(directory, "u.user"),
+        sep="|",
+        names=["user_id", "age", "gender", "occupation", "zip"],
         dtype={"zip": str},
     )
     movies = pd.read_csv(
-        _require(directory, "u.item"), sep="|", encoding="latin-1", header=None,
+        _require(directory, "u.item"),
+        sep="|",
+        encoding="latin-1",
+        header=None,
         names=["item_id", "title", "release_date", "video_release", "url", *GENRES],
     )
     return ratings, users, movies
@@ -64,7 +87,9 @@ def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predic
             "offer_name": movies["item_id"].map(offer_name),
             "offer_id": movies["item_id"].astype(int),
             "title": movies["title"].astype(str),
-            "release_year": pd.to_datetime(movies["release_date"], format="%d-%b-%Y", errors="coerce").dt.year.astype("Int64"),
+            "release_year": pd.to_datetime(movies["release_date"], format="%d-%b-%Y", errors="coerce").dt.year.astype(
+                "Int64"
+            ),
             "genres": [[g for g, on in zip(GENRES, row) if on] for row in genre_flags],
             "price": price.astype(float),
             "cost": (price * 0.4).round(2).astype(float),
@@ -100,6 +125,10 @@ def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predic
         }
     )
     return build_runtime_logs(
-        exposures, predictor=predictor, channel=CHANNEL, offer_matrix=offer_matrix,
-        customer_features=customer_features, response_delay=dt.timedelta(seconds=45),
+        exposures,
+        predictor=predictor,
+        channel=CHANNEL,
+        offer_matrix=offer_matrix,
+        customer_features=customer_features,
+        response_delay=dt.timedelta(seconds=45),
     )

@@ -64,8 +64,15 @@ def build_runtime_logs(
     if missing:
         raise ValueError(f"exposures table lacks column(s) {missing}")
     exposures = exposures.sort_values(["request", "datetime"], kind="stable")
-    offer_names = dict(zip(offer_matrix[offer_key].astype(str), offer_matrix.get("title", offer_matrix[offer_key]).astype(str)))
-    offer_cost = dict(zip(offer_matrix[offer_key].astype(str), offer_matrix.get("cost", pd.Series(0.0, index=offer_matrix.index)).astype(float)))
+    offer_names = dict(
+        zip(offer_matrix[offer_key].astype(str), offer_matrix.get("title", offer_matrix[offer_key]).astype(str))
+    )
+    offer_cost = dict(
+        zip(
+            offer_matrix[offer_key].astype(str),
+            offer_matrix.get("cost", pd.Series(0.0, index=offer_matrix.index)).astype(float),
+        )
+    )
     features = customer_features.set_index(customer_key, drop=False)
     feature_rows = {
         str(k): {kk: plain_value(vv) for kk, vv in row.items() if kk != customer_key}
@@ -137,13 +144,17 @@ def write_runtime_logs(store, logs: RuntimeLogs, *, replace: bool = False) -> di
     responses = store.collection(names.RESPONSES)
     ensure_indexes(presented, [("date_log",), ("uuid",), ("predictor", "date_log")])
     ensure_indexes(responses, [("date_log",), ("uuid",)])
-    already = (
-        presented.count_documents({"predictor": logs.predictor}) == len(logs.presented)
-        and responses.count_documents({"predictor": logs.predictor}) == len(logs.responses)
-    )
+    already = presented.count_documents({"predictor": logs.predictor}) == len(
+        logs.presented
+    ) and responses.count_documents({"predictor": logs.predictor}) == len(logs.responses)
     if already and not replace:
-        return {"predictor": logs.predictor, "written": False, "presented": len(logs.presented),
-                "responses": len(logs.responses), "exposures": logs.n_exposures}
+        return {
+            "predictor": logs.predictor,
+            "written": False,
+            "presented": len(logs.presented),
+            "responses": len(logs.responses),
+            "exposures": logs.n_exposures,
+        }
     presented.delete_many({"predictor": logs.predictor})
     responses.delete_many({"predictor": logs.predictor})
     for batch in chunked(logs.presented, INSERT_BATCH):
@@ -152,8 +163,13 @@ def write_runtime_logs(store, logs: RuntimeLogs, *, replace: bool = False) -> di
         responses.insert_many(batch, ordered=False)
     _replace_by_key(store.collection(names.OFFER_MATRIX), logs.offer_matrix, names.OFFER_KEY)
     _replace_by_key(store.collection(names.CUSTOMER_FEATURES), logs.customer_features, names.CUSTOMER_KEY)
-    return {"predictor": logs.predictor, "written": True, "presented": len(logs.presented),
-            "responses": len(logs.responses), "exposures": logs.n_exposures}
+    return {
+        "predictor": logs.predictor,
+        "written": True,
+        "presented": len(logs.presented),
+        "responses": len(logs.responses),
+        "exposures": logs.n_exposures,
+    }
 
 
 def _replace_by_key(collection, frame: pd.DataFrame, key: str) -> None:

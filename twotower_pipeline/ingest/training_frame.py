@@ -43,8 +43,12 @@ def build_training_frame(
 
     customers = _keyed(customer_features, customer_key, "customer_id")
     offers = _keyed(offer_matrix, offer_key, "offer")
-    stats["customers_without_features"] = int((~frame["customer_id"].isin(customers["customer_id"])).sum()) if len(customers) else len(frame)
-    stats["exposures_of_unknown_offers"] = int((~frame["offer"].isin(offers["offer"])).sum()) if len(offers) else len(frame)
+    stats["customers_without_features"] = (
+        int((~frame["customer_id"].isin(customers["customer_id"])).sum()) if len(customers) else len(frame)
+    )
+    stats["exposures_of_unknown_offers"] = (
+        int((~frame["offer"].isin(offers["offer"])).sum()) if len(offers) else len(frame)
+    )
     if len(customers.columns) > 1:
         frame = frame.merge(customers, on="customer_id", how="left", suffixes=("", "_customer"))
     if len(offers.columns) > 1:
@@ -92,4 +96,6 @@ def _clean_feature(values: pd.Series) -> pd.Series:
         return values.map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
     if len(non_null) and pd.api.types.is_datetime64_any_dtype(values):
         return values
-    return values.map(lambda v: UNKNOWN if v is None or (isinstance(v, float) and v != v) or str(v).strip() == "" else str(v))
+    return values.map(
+        lambda v: UNKNOWN if v is None or (isinstance(v, float) and v != v) or str(v).strip() == "" else str(v)
+    )

@@ -73,9 +73,7 @@ class MongoStore:
         self.client = get_client(uri)
 
     def database(self, name: str) -> Database:
-        return self.client.get_database(
-            self.database_prefix + name, codec_options=CodecOptions(tz_aware=True)
-        )
+        return self.client.get_database(self.database_prefix + name, codec_options=CodecOptions(tz_aware=True))
 
     def collection(self, location: str) -> Collection:
         database, _, collection = location.partition(".")

@@ -117,10 +117,24 @@ class EmbeddedMongo:
             port = _free_port()
             with open(self.log_file, "ab") as log:
                 process = subprocess.Popen(
-                    [executable, "--config", str(config), "--host", HOST, "--port", str(port),
-                     "--storage-path", str(self.storage_path), "--log-level", "WARNING"],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, cwd=self.data_dir,
+                    [
+                        executable,
+                        "--config",
+                        str(config),
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(port),
+                        "--storage-path",
+                        str(self.storage_path),
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=self.data_dir,
                 )
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -135,9 +149,7 @@ class EmbeddedMongo:
             else:
                 process.kill()
                 last_error = f"did not answer within {START_TIMEOUT_S:.0f}s"
-        raise RuntimeError(
-            f"the embedded MongoDB server ({executable}) {last_error}; see {self.log_file}"
-        )
+        raise RuntimeError(f"the embedded MongoDB server ({executable}) {last_error}; see {self.log_file}")
 
 
 def _server_executable() -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 
@@ -64,21 +67,52 @@ def ensure_indexes(collection: Collection, indexes: Iterable[Sequence[str]]) -> 
         collection.create_index([(f, ASCENDING) for f in fields])
 
 
-def replace_slice(collection: Collection, frame: pd.DataFrame, slice_filter: dict,
-                  indexes: Iterable[Sequence[str]] = ()) -> int:
+def time_ordered_ids(times: pd.Series) -> list[ObjectId]:
+    """`_id`s whose leading 4 bytes are each row's time (as ObjectIds carry their creation time).
+
+    The mandatory `_id` index then doubles as a time index: a day's rows are one `_id` range
+    (:func:`time_range_filter`), and no secondary index has to be kept up on every insert.
+    """
+    epoch = pd.Timestamp(0, tz="UTC")
+    seconds = ((pd.to_datetime(times, utc=True) - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    if len(seconds) and (seconds.min() < 0 or seconds.max() >= 2**32):
+        raise ValueError("time-ordered ids cover 1970-01-01..2106-02-07 UTC; a row's time lies outside")
+    raw = np.zeros((len(seconds), 12), dtype=np.uint8)
+    raw[:, 0:4] = seconds.astype(">u4").view(np.uint8).reshape(-1, 4)
+    raw[:, 4:8] = np.frombuffer(os.urandom(4), dtype=np.uint8)  # one random prefix per write
+    raw[:, 8:12] = np.arange(len(seconds), dtype=">u4").view(np.uint8).reshape(-1, 4)
+    return [ObjectId(row.tobytes()) for row in raw]
+
+
+def time_range_filter(start: dt.datetime, end: dt.datetime) -> dict:
+    """The `_id` range of rows written with :func:`time_ordered_ids` whose time is in [start, end)."""
+    return {"_id": {"$gte": ObjectId.from_datetime(start), "$lt": ObjectId.from_datetime(end)}}
+
+
+def replace_slice(
+    collection: Collection,
+    frame: pd.DataFrame,
+    slice_filter: dict,
+    indexes: Iterable[Sequence[str]] = (),
+    ids: list | None = None,
+) -> int:
     """Make the documents matching `slice_filter` exactly the rows of `frame`.
 
     New rows go in first, tagged with a fresh write id; only then are the slice's older
     documents deleted (a slice written for the first time has none, and skips that step). A
     failure part-way removes what this write added, so the previous slice survives whole.
-    The slice's fields are indexed. Returns the number of documents written.
+    The slice's fields are indexed (`_id` always is). `ids`, when given, become the documents'
+    `_id`s. Returns the number of documents written.
     """
-    ensure_indexes(collection, [list(slice_filter), *indexes])
+    ensure_indexes(collection, [fields for fields in [list(slice_filter), *indexes] if fields != ["_id"]])
     had_rows = collection.find_one(slice_filter, {"_id": 1}) is not None
     write_id = uuid.uuid4().hex
     documents = frame_to_documents(frame)
     for document in documents:
         document[WRITE_ID_FIELD] = write_id
+    if ids is not None:
+        for document, _id in zip(documents, ids):
+            document["_id"] = _id
     try:
         for batch in chunked(documents, INSERT_BATCH):
             collection.insert_many(batch, ordered=False)
@@ -88,6 +122,13 @@ def replace_slice(collection: Collection, frame: pd.DataFrame, slice_filter: dic
     if had_rows:
         collection.delete_many({**slice_filter, WRITE_ID_FIELD: {"$ne": write_id}})
     return len(documents)
+
+
+def replace_time_slice(
+    collection: Collection, frame: pd.DataFrame, time_field: str, start: dt.datetime, end: dt.datetime
+) -> int:
+    """`replace_slice` for the rows whose `time_field` lies in [start, end), with time-ordered `_id`s."""
+    return replace_slice(collection, frame, time_range_filter(start, end), ids=time_ordered_ids(frame[time_field]))
 
 
 def replace_collection(collection: Collection, frame: pd.DataFrame, indexes: Iterable[Sequence[str]] = ()) -> int:

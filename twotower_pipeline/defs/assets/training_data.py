@@ -1,6 +1,5 @@
 """The training slice (SPEC §3): one predictor's exposures in a window, with customer and offer features."""
 
-
 import datetime as dt
 from typing import Optional
 
@@ -15,8 +14,12 @@ from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.store import frames, names
 
 TRAINING_FRAME_SCHEMA = {
-    "customer_id": "string", "offer": "string", "accepted": "number",
-    "price": "number", "rank": "number", "score": "number",
+    "customer_id": "string",
+    "offer": "string",
+    "accepted": "number",
+    "price": "number",
+    "rank": "number",
+    "score": "number",
 }
 
 
@@ -43,19 +46,27 @@ class TrainingFrameConfig(dg.Config):
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.from_date and self.to_date and _parse_day(self.from_date, "from_date") >= _parse_day(self.to_date, "to_date"):
+        if (
+            self.from_date
+            and self.to_date
+            and _parse_day(self.from_date, "from_date") >= _parse_day(self.to_date, "to_date")
+        ):
             raise ValueError(f"from_date {self.from_date} must be before to_date {self.to_date}")
         return self
 
     def query(self) -> dict:
+        """The flatten rows of this slice; the window is an `_id` range (flatten `_id`s carry the time)."""
         query: dict = {"predictor": self.predictor}
-        window = {}
-        if self.from_date:
-            window["$gte"] = _parse_day(self.from_date, "from_date")
-        if self.to_date:
-            window["$lt"] = _parse_day(self.to_date, "to_date")
-        if window:
-            query["datetime"] = window
+        if self.from_date or self.to_date:
+            start = (
+                _parse_day(self.from_date, "from_date")
+                if self.from_date
+                else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            )
+            end = (
+                _parse_day(self.to_date, "to_date") if self.to_date else dt.datetime(2106, 1, 1, tzinfo=dt.timezone.utc)
+            )
+            query.update(frames.time_range_filter(start, end))
         return query
 
 
@@ -91,9 +102,12 @@ def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfi
         )
     customers = frames.read_frame(store.collection(names.CUSTOMER_FEATURES))
     offers = frames.read_frame(store.collection(names.OFFER_MATRIX))
-    frame, stats = build_training_frame(exposures, customers, offers,
-                                        customer_key=names.CUSTOMER_KEY, offer_key=names.OFFER_KEY)
-    context.log.info(f"training frame for {config.predictor}: {stats['rows']} rows, accept rate {stats['accept_rate']:.3f}")
+    frame, stats = build_training_frame(
+        exposures, customers, offers, customer_key=names.CUSTOMER_KEY, offer_key=names.OFFER_KEY
+    )
+    context.log.info(
+        f"training frame for {config.predictor}: {stats['rows']} rows, accept rate {stats['accept_rate']:.3f}"
+    )
     key = dg.AssetKey("training_frame")
     yield dg.Output(
         frame,
@@ -111,7 +125,9 @@ def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfi
     yield no_null_keys_check(key, frame, ["customer_id", "offer"])
     yield accept_rate_check(key, frame)
     yield dg.AssetCheckResult(
-        asset_key=key, check_name="enough_accepted_rows", passed=stats["accepted"] >= config.min_accepted_rows,
+        asset_key=key,
+        check_name="enough_accepted_rows",
+        passed=stats["accepted"] >= config.min_accepted_rows,
         metadata={"accepted": stats["accepted"], "minimum": config.min_accepted_rows},
     )
 
