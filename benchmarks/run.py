@@ -15,7 +15,7 @@ import time
 
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
-BENCHMARKS = ["benchmarks.bench_flatten"]
+BENCHMARKS = ["benchmarks.bench_flatten", "benchmarks.bench_export", "benchmarks.bench_training"]
 
 
 def main(argv=None) -> int:

@@ -70,6 +70,20 @@ def _dataset(name: str) -> str:
     return str(path)
 
 
+def cmd_export_embeddings(args) -> int:
+    from twotower_pipeline import publishing
+    from twotower_pipeline.runs import TrainedRun
+    from twotower_pipeline.store import artefacts
+
+    artefacts.register_artefact(TrainedRun)
+    store = _store()
+    run = artefacts.load_artefact(store, "two_tower_model", run_id=args.run_id)
+    outcome = publishing.export_run(store, run)
+    print(f"run {run.run_id}: {outcome['users']} user and {outcome['items']} item embeddings published to "
+          f"{publishing.USER_EMBEDDINGS} and {publishing.ITEM_EMBEDDINGS}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from twotower_pipeline.demo import run_demo
 
@@ -94,13 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--replace", action="store_true", help="rewrite even if already loaded")
     load.set_defaults(handler=cmd_load)
 
+    export = commands.add_parser("export-embeddings", help="publish a stored run's user and item embeddings")
+    export.add_argument("--run-id", required=True, help="the run to publish (see ecosystem_meta.two_tower_runs)")
+    export.set_defaults(handler=cmd_export_embeddings)
+
     demo = commands.add_parser("demo", help="load sample logs and materialise every asset")
     demo.set_defaults(handler=cmd_demo)
 
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError, PyMongoError) as error:
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError, PyMongoError) as error:
         print(f"twotower {args.command}: {redact_text(str(error), os.environ.get('MONGODB_URI'))}", file=sys.stderr)
         return 2
 

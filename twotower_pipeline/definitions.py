@@ -2,9 +2,14 @@
 
 import dagster as dg
 
-from twotower_pipeline.defs.assets import runtime_logs, training_data
+from twotower_pipeline.defs.assets import runtime_logs, training, training_data
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
-from twotower_pipeline.defs.jobs import daily_flatten_schedule, flatten_runtime_logs_job, training_frame_job
+from twotower_pipeline.defs.jobs import (
+    daily_flatten_schedule,
+    flatten_runtime_logs_job,
+    train_two_tower_job,
+    training_frame_job,
+)
 from twotower_pipeline.defs.resources import mongo_from_environment
 
 
@@ -19,8 +24,8 @@ def build_resources(mongo=None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([runtime_logs, training_data]),
-    jobs=[flatten_runtime_logs_job, training_frame_job],
+    assets=dg.load_assets_from_modules([runtime_logs, training_data, training]),
+    jobs=[flatten_runtime_logs_job, training_frame_job, train_two_tower_job],
     schedules=[daily_flatten_schedule],
     resources=build_resources(),
 )

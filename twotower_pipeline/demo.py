@@ -86,6 +86,14 @@ def run_demo() -> int:
         run_config={"ops": {"training_frame": {"config": {"predictor": predictor}}}},
     )
     frame_meta = _materialization_metadata(result, dg.AssetKey("training_frame"))
+    print("training two_tower_model and exporting user_embeddings and item_embeddings")
+    result = dg.materialize(
+        assets, instance=instance, resources=resources,
+        selection=["two_tower_model", "user_embeddings", "item_embeddings"],
+    )
+    model_meta = _materialization_metadata(result, dg.AssetKey("two_tower_model"))
+    users_meta = _materialization_metadata(result, dg.AssetKey("user_embeddings"))
+    items_meta = _materialization_metadata(result, dg.AssetKey("item_embeddings"))
 
     print("\nsummary")
     print(
@@ -96,6 +104,11 @@ def run_demo() -> int:
         f"  training frame: {frame_meta['rows']} rows, accept rate {frame_meta['accept_rate']:.3f}, "
         f"{frame_meta['customers']} customers, {frame_meta['offers']} offers"
     )
+    print(f"  model:          run {model_meta['run_id']}, {model_meta['epochs_run']} epochs (best "
+          f"{model_meta['best_epoch']}), user_auc {model_meta['validation_user_auc']:.3f}, "
+          f"item_auc {model_meta['validation_item_auc']:.3f}, {model_meta['examples_per_second']:,.0f} examples/s")
+    print(f"  embeddings:     {users_meta['dagster/row_count']} customers, {items_meta['dagster/row_count']} offers "
+          f"(previous run: {users_meta['previous_run_id']})")
     print(f"  took {time.monotonic() - started:.0f}s; open the UI with `make ui` (dagster dev) to browse it")
     return 0
 

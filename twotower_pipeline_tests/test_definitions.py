@@ -26,6 +26,9 @@ EXPECTED_ASSETS = {
         None,
         ["logging/ecosystemruntime_flatten", "recommender_demos/customer_features", "recommender_demos/offer_matrix"],
     ),
+    "two_tower_model": (None, ["training_frame"]),
+    "user_embeddings": (None, ["recommender_demos/customer_features", "training_frame", "two_tower_model"]),
+    "item_embeddings": (None, ["recommender_demos/offer_matrix", "training_frame", "two_tower_model"]),
 }
 EXPECTED_CHECKS = {
     "logging/ecosystemruntime_flatten": {
@@ -35,6 +38,8 @@ EXPECTED_CHECKS = {
         "rejected_share_below_threshold",
     },
     "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows"},
+    "user_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
+    "item_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
 }
 
 
@@ -60,6 +65,8 @@ def test_asset_graph_snapshot():
 def test_jobs_and_schedules_are_defined():
     assert defs.resolve_job_def("flatten_runtime_logs").partitions_def is not None
     assert defs.resolve_job_def("build_training_frame") is not None
+    assert {n.name for n in defs.resolve_job_def("train_two_tower").nodes} == {
+        "two_tower_model", "user_embeddings", "item_embeddings"}
     schedule = defs.resolve_schedule_def("flatten_runtime_logs_schedule")
     assert schedule.cron_schedule == "30 0 * * *"
 

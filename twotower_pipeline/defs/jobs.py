@@ -27,3 +27,9 @@ daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
     minute_of_hour=30,
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
+
+train_two_tower_job = dg.define_asset_job(
+    "train_two_tower",
+    selection=dg.AssetSelection.assets("two_tower_model", "user_embeddings", "item_embeddings"),
+    description="Train the towers on the current training frame and publish both embedding collections.",
+)

@@ -47,17 +47,21 @@ def save_artefact(store: MongoStore, name: str, artefact, extra: dict | None = N
     if kind not in _registry:
         raise TypeError(f"{type(artefact).__name__} is not a registered artefact kind (got {kind!r})")
     config, state = artefact.to_artefact()
-    metadata = {"kind": kind, "config": json.dumps(config, sort_keys=True), **(extra or {})}
+    searchable = artefact.artefact_metadata() if hasattr(artefact, "artefact_metadata") else {}
+    # key order is kept: a config may rely on it (e.g. the order of feature columns)
+    metadata = {"kind": kind, "config": json.dumps(config), **searchable, **(extra or {})}
     file_id = _bucket(store).upload_from_stream(name, state, metadata=metadata)
     return str(file_id)
 
 
-def load_artefact(store: MongoStore, name: str):
-    """The latest version of `name`, rebuilt by its registered class."""
+def load_artefact(store: MongoStore, name: str, **metadata):
+    """The latest version of `name` (whose metadata has the given values), rebuilt by its class."""
     bucket = _bucket(store)
-    latest = next(iter(bucket.find({"filename": name}).sort("uploadDate", -1).limit(1)), None)
+    query = {"filename": name, **{f"metadata.{k}": v for k, v in metadata.items()}}
+    latest = next(iter(bucket.find(query).sort("uploadDate", -1).limit(1)), None)
     if latest is None:
-        raise LookupError(f"no artefact named {name!r} in {ARTEFACT_DATABASE}.{ARTEFACT_BUCKET}")
+        wanted = "".join(f" with {k}={v!r}" for k, v in metadata.items())
+        raise LookupError(f"no artefact named {name!r}{wanted} in {ARTEFACT_DATABASE}.{ARTEFACT_BUCKET}")
     kind = latest.metadata.get("kind")
     cls = _registry.get(kind)
     if cls is None:

@@ -7,20 +7,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, customer_features, offer_matrix
+from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, FLATTEN_SCHEMA, customer_features, offer_matrix
 from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.store import frames, names
 
-TRAINING_FRAME_SCHEMA = {
-    "customer_id": "string",
-    "offer": "string",
-    "accepted": "number",
-    "price": "number",
-    "rank": "number",
-    "score": "number",
-}
+TRAINING_FRAME_SCHEMA = {c: FLATTEN_SCHEMA[c] for c in ("customer_id", "offer", "accepted", "price", "rank", "score")}
 
 
 def _parse_day(value: str, field: str) -> dt.datetime:

@@ -1,0 +1,103 @@
+"""Retrieval losses on unit vectors, as small pieces switched on by arguments (after
+tensorflow/recommenders' retrieval task):
+
+- `similarity_logits`: cosine / temperature between every query row and every candidate column;
+- `logq_correct`: subtract the log of each candidate's sampling probability (popular offers appear
+  as in-batch negatives more often; without the correction the model learns to demote them);
+- `mask_accidental_hits`: a candidate column holding the row's own positive offer (the same offer
+  twice in a batch, or a sampled catalogue negative) is not a negative: its logit is masked;
+- `softmax_loss`: cross-entropy of each row against its positive column;
+- `pointwise_bce_loss`: binary cross-entropy on explicit exposures (accepted 1, declined 0).
+`in_batch_softmax_loss` and `mixed_negatives_loss` compose the pieces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MASKED = -1e9  # finite: exp() underflows to 0 without producing NaN in the softmax
+
+
+def similarity_logits(query: torch.Tensor, candidates: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """query [B, d], candidates [N, d] (unit vectors) -> logits [B, N] = cosine / temperature."""
+    return (query / temperature) @ candidates.T  # scaling [B, d] is cheaper than scaling [B, N]
+
+
+def logq_correct(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """logits [B, N], log_q [N] (log sampling probability of each candidate column) -> [B, N]."""
+    return logits - log_q.unsqueeze(0)
+
+
+def mask_accidental_hits(logits: torch.Tensor, positive_ids: torch.Tensor, candidate_ids: torch.Tensor,
+                         positive_columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask logits [B, N] where candidate_ids[j] == positive_ids[i], except each row's own positive
+    column (positive_columns [B]; default: the diagonal, as for in-batch candidates)."""
+    hits = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)             # [B, N]
+    rows = torch.arange(logits.shape[0])
+    columns = rows if positive_columns is None else positive_columns
+    hits[rows, columns] = False
+    return logits.masked_fill(hits, MASKED)
+
+
+def softmax_loss(logits: torch.Tensor, positive_columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of rows of logits [B, N] against their positive column (default: diagonal):
+    logsumexp(row) - logit(positive), which spares cross_entropy's dense one-hot gradient."""
+    target = torch.arange(logits.shape[0]) if positive_columns is None else positive_columns
+    positive = logits.gather(1, target.unsqueeze(1)).squeeze(1)               # [B]
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, *,
+                          temperature: float, log_q: torch.Tensor | None = None,
+                          remove_accidental_hits: bool = True) -> torch.Tensor:
+    """Sampled softmax over a batch of accepted pairs: row i's positive is item i, every other item
+    of the batch is a negative. user, item [B, d]; item_ids [B]; log_q [B] per column or None."""
+    logits = similarity_logits(user, item, temperature)                        # [B, B]
+    if log_q is not None:
+        logits = logq_correct(logits, log_q)
+    if remove_accidental_hits:
+        logits = mask_accidental_hits(logits, item_ids, item_ids)
+    return softmax_loss(logits)
+
+
+def mixed_negatives_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor,
+                         negatives: torch.Tensor, negative_ids: torch.Tensor, *, temperature: float,
+                         log_q: torch.Tensor | None = None, negative_log_q: torch.Tensor | None = None,
+                         remove_accidental_hits: bool = True) -> torch.Tensor:
+    """Mixed negative sampling (Yang et al. 2020): the in-batch candidates [B, d] plus M catalogue
+    candidates negatives [M, d] sampled uniformly, so that rarely accepted offers are negatives too.
+    log_q [B] / negative_log_q [M]: log expected count of each column's offer in the mixed sample
+    (see `mixed_log_q`)."""
+    candidates = torch.cat([item, negatives])                                  # [B + M, d]
+    ids = torch.cat([item_ids, negative_ids])                                  # [B + M]
+    logits = similarity_logits(user, candidates, temperature)                  # [B, B + M]
+    if log_q is not None and negative_log_q is not None:
+        logits = logq_correct(logits, torch.cat([log_q, negative_log_q]))
+    if remove_accidental_hits:
+        logits = mask_accidental_hits(logits, item_ids, ids)
+    return softmax_loss(logits)
+
+
+def pointwise_bce_loss(user: torch.Tensor, item: torch.Tensor, labels: torch.Tensor, *,
+                       temperature: float, bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """BCE of cosine / temperature + bias against labels [B] (1 accepted, 0 a real decline)."""
+    logits = (user * item).sum(dim=1) / temperature + bias                     # [B]
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def sampling_probabilities(item_codes: np.ndarray, n_items: int) -> np.ndarray:
+    """Probability that a uniformly drawn accepted pair holds offer j: its frequency among the
+    accepted training pairs. item_codes [n_accepted] in 0..n_items-1 -> [n_items] float64."""
+    counts = np.bincount(item_codes, minlength=n_items).astype(np.float64)
+    return counts / max(1.0, counts.sum())
+
+
+def mixed_log_q(probabilities: np.ndarray, batch_size: int, n_negatives: int = 0) -> np.ndarray:
+    """log of each offer's expected count among one step's candidates: B in-batch draws with
+    `probabilities` plus M uniform catalogue draws. With M = 0 it is log p + log B, and the
+    constant log B cancels in the softmax."""
+    n_items = len(probabilities)
+    expected = batch_size * probabilities + (n_negatives / n_items if n_negatives else 0.0)
+    return np.log(np.maximum(expected, 1e-12))

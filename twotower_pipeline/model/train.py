@@ -1,0 +1,363 @@
+"""Training: pre-checks, one-time encoding, the hot loop, per-epoch validation, early stopping.
+
+`train_two_tower(frame, params, log)` = `prepare` (checks the frame before any training time is
+spent, fits the encoders, encodes every row once into tensors, splits 80/20 with the seed) then
+`fit` (Adam; each step gathers a batch by index slicing of a seeded permutation, no DataLoader;
+after each epoch, validation metrics on export-style vectors; the best epoch's weights are kept).
+
+Validation uses the vectors that will be exported and served: one vector per customer and per
+offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0).
+The same seed gives the same weights on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower_pipeline.ingest.training_frame import CONTEXT_DEFAULTS
+from twotower_pipeline.model import losses, metrics
+from twotower_pipeline.model.config import TrainingParams
+from twotower_pipeline.model.features import FeatureEncoder, TowerInputs, side_feature_columns
+from twotower_pipeline.model.towers import TwoTowerModel, embed_inputs
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreparedData:
+    """Everything the loop reads, encoded once."""
+
+    params: TrainingParams
+    user_encoder: FeatureEncoder
+    item_encoder: FeatureEncoder
+    user_inputs: TowerInputs        # [n rows] user tower inputs of every exposure
+    item_inputs: TowerInputs        # [n rows] item tower inputs of every exposure
+    labels: torch.Tensor            # [n] float32, 1 accepted, 0 declined
+    user_codes: np.ndarray          # [n] row -> customer index
+    item_codes: np.ndarray          # [n] row -> offer index
+    customers: np.ndarray           # [U] customer keys
+    offers: np.ndarray              # [N] offer keys (the catalogue)
+    customer_inputs: TowerInputs    # [U] one export-style row per customer
+    catalogue_inputs: TowerInputs   # [N] one export-style row per offer
+    train_rows: np.ndarray          # row indices of the training split (sorted)
+    validation_rows: np.ndarray     # row indices of the validation split (sorted)
+    ranking_users: np.ndarray       # customers whose validation accepts feed recall/NDCG
+
+    @property
+    def accepted_train_rows(self) -> np.ndarray:
+        return self.train_rows[self.labels.numpy()[self.train_rows] == 1]
+
+
+@dataclass
+class TrainingResult:
+    model: TwoTowerModel
+    params: TrainingParams
+    history: list[dict]             # per epoch: epoch, loss, validation_metric, seconds, metrics...
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    examples_per_second: float      # training examples / training seconds (validation excluded)
+    metrics: dict                   # validation metrics of the best epoch (user_auc, item_auc, ...)
+    validation_metric: str          # name of the early-stopping metric, e.g. "ndcg@10"
+    n_rows: int
+    n_train: int
+    n_validation: int
+    features: dict = field(default_factory=dict)  # {"user": {kind: [columns]}, "item": {...}}
+
+    def summary(self) -> dict:
+        """JSON-able figures for run metadata."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+                "examples_per_second": round(self.examples_per_second, 1), "validation_metric": self.validation_metric,
+                "n_rows": self.n_rows, "n_train": self.n_train, "n_validation": self.n_validation,
+                "features": self.features, **{k: v for k, v in self.metrics.items()}}
+
+
+# --- pre-checks ------------------------------------------------------------------------------------
+def feature_columns(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str], list[str]]:
+    """(user tower columns, item tower columns): the named features, plus the side features when on."""
+    user, item = list(params.user_features), list(params.item_features)
+    if params.side_features:
+        side_user, side_item = side_feature_columns(
+            frame, user_id_column=params.user_id_column, item_id_column=params.item_id_column,
+            target_column=params.target_column, exclude=[*user, *item])
+        user += side_user
+        item += side_item
+    return user, item
+
+
+def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str], list[str]]:
+    """Raise ValueError naming what is wrong and what to do; return the towers' columns."""
+    if frame is None or len(frame) == 0:
+        raise ValueError("the training frame is empty: choose a predictor and date window that hold exposures")
+    needed = {params.user_id_column: "user_id_column", params.item_id_column: "item_id_column",
+              params.target_column: "target_column"}
+    needed.update({c: "user_features" for c in params.user_features if c not in needed})
+    needed.update({c: "item_features" for c in params.item_features if c not in needed})
+    needed.update({c: "categorical_columns" for c in params.categorical_columns if c not in needed})
+    missing = [f"{c!r} ({needed[c]})" for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the training frame lacks column(s) {', '.join(missing)}; it has {sorted(frame.columns)}. "
+                         "Remove them from the parameter or add them to the frame.")
+    target = pd.to_numeric(frame[params.target_column], errors="coerce")
+    bad = ~target.isin([0, 1])
+    if bad.any():
+        raise ValueError(f"target column {params.target_column!r} must be 0 or 1 on every row; {int(bad.sum())} rows "
+                         f"are not (e.g. {frame.loc[bad, params.target_column].iloc[0]!r})")
+    user_columns, item_columns = feature_columns(frame, params)
+    for column in dict.fromkeys([params.user_id_column, params.item_id_column, *user_columns, *item_columns]):
+        n_missing = int(frame[column].isna().sum())
+        if n_missing:
+            raise ValueError(f"feature column {column!r} has {n_missing} missing values (NaN/None) of {len(frame)}: "
+                             "fill them (numbers: the median; categories: 'unknown'; context: "
+                             f"{CONTEXT_DEFAULTS}) or leave the column out of the features")
+        if pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
+            n_infinite = int(np.isinf(frame[column].to_numpy(dtype=np.float64)).sum())
+            if n_infinite:
+                raise ValueError(f"feature column {column!r} has {n_infinite} infinite values: replace them "
+                                 "or leave the column out of the features")
+    n_accepted = int(target.sum())
+    if n_accepted == 0:
+        raise ValueError(f"no accepted rows ({params.target_column} = 1) among {len(frame)} exposures: the towers "
+                         "learn from accepted offers; widen the date window or check that responses are logged")
+    for column, what in ((params.user_id_column, "customer"), (params.item_id_column, "offer")):
+        if frame[column].nunique() < 2:
+            raise ValueError(f"only one {what} ({column} = {frame[column].iloc[0]!r}) in the frame: a two-tower model "
+                             f"ranks several {what}s against each other; train on a slice with more {what}s")
+    n_validation = int(round(len(frame) * params.validation_split))
+    stream = "exposures" if params.loss == "pointwise" else "accepted"
+    available = (len(frame) if params.loss == "pointwise" else n_accepted) * (len(frame) - n_validation) / len(frame)
+    if available < params.batch_size:
+        hint = 2 ** max(1, int(math.log2(max(2, available // 2))))
+        raise ValueError(f"far too few rows for batch_size={params.batch_size}: about {int(available)} {stream} "
+                         f"training rows after the {params.validation_split:.0%} validation split, fewer than one "
+                         f"batch; lower batch_size (e.g. {hint}) or train on a longer window")
+    return user_columns, item_columns
+
+
+# --- preparation -----------------------------------------------------------------------------------
+def prepare(frame: pd.DataFrame, params: TrainingParams | None = None) -> PreparedData:
+    params = params or TrainingParams()
+    user_columns, item_columns = check_frame(frame, params)
+    frame = frame.reset_index(drop=True)
+    n = len(frame)
+    rng = np.random.default_rng(params.seed)
+    order = rng.permutation(n)
+    n_validation = int(round(n * params.validation_split))
+    validation_rows, train_rows = np.sort(order[:n_validation]), np.sort(order[n_validation:])
+    labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
+    if labels[validation_rows].sum() == 0:
+        raise ValueError("the validation split holds no accepted rows, so no metric can be computed: "
+                         "train on more exposures or raise validation_split")
+
+    fitted = frame.iloc[train_rows]
+    common = dict(categorical_columns=params.categorical_columns, min_frequency=params.min_frequency,
+                  max_vocabulary=params.max_vocabulary, max_list_length=params.max_list_length,
+                  pinned_context=params.context_dropout >= 1.0)
+    user_encoder = FeatureEncoder.fit(fitted, user_columns, id_column=params.user_id_column, **common)
+    item_encoder = FeatureEncoder.fit(fitted, item_columns, id_column=params.item_id_column, **common)
+
+    user_codes, customers = pd.factorize(frame[params.user_id_column].astype(str), sort=True)
+    item_codes, offers = pd.factorize(frame[params.item_id_column].astype(str), sort=True)
+    first_user = pd.Series(np.arange(n)).groupby(user_codes).first().to_numpy()
+    first_item = pd.Series(np.arange(n)).groupby(item_codes).first().to_numpy()
+    export_user = [c for c in user_columns if c not in CONTEXT_DEFAULTS]
+    export_item = [c for c in item_columns if c not in CONTEXT_DEFAULTS]
+
+    validation_users = np.unique(user_codes[validation_rows[labels[validation_rows] == 1]])
+    if len(validation_users) > params.max_validation_users:
+        validation_users = np.sort(rng.choice(validation_users, params.max_validation_users, replace=False))
+    return PreparedData(
+        params=params, user_encoder=user_encoder, item_encoder=item_encoder,
+        user_inputs=user_encoder.encode(frame), item_inputs=item_encoder.encode(frame),
+        labels=torch.from_numpy(labels), user_codes=user_codes.astype(np.int64), item_codes=item_codes.astype(np.int64),
+        customers=np.asarray(customers), offers=np.asarray(offers),
+        customer_inputs=user_encoder.encode(frame.loc[first_user, export_user].reset_index(drop=True)),
+        catalogue_inputs=item_encoder.encode(frame.loc[first_item, export_item].reset_index(drop=True)),
+        train_rows=train_rows, validation_rows=validation_rows, ranking_users=validation_users,
+    )
+
+
+# --- validation ------------------------------------------------------------------------------------
+def evaluate(model: TwoTowerModel, data: PreparedData) -> dict:
+    """Validation metrics of export-style vectors (see module docstring)."""
+    k = data.params.metric_k
+    users = embed_inputs(model.user_tower, data.customer_inputs)               # [U, d]
+    items = embed_inputs(model.item_tower, data.catalogue_inputs)              # [N, d]
+    rows = data.validation_rows
+    cu, ci = data.user_codes[rows], data.item_codes[rows]
+    y = data.labels.numpy()[rows]
+    cosine = (users[cu] * items[ci]).sum(dim=1).numpy()                        # [n_validation]
+    out = {"user_auc": metrics.user_auc(cosine, y, cu), "item_auc": metrics.item_auc(cosine, y, ci)}
+    wanted = np.zeros(len(data.customers), dtype=bool)
+    wanted[data.ranking_users] = True
+    positive = (y == 1) & wanted[cu]
+    train_accepted = data.accepted_train_rows
+    train_accepted = train_accepted[wanted[data.user_codes[train_accepted]]]
+    out.update(metrics.ranking_metrics(users, items, cu[positive], ci[positive], k=k,
+                                       exclude_users=data.user_codes[train_accepted],
+                                       exclude_items=data.item_codes[train_accepted]))
+    return out
+
+
+def metric_key(params: TrainingParams) -> str:
+    return params.validation_metric.replace("@k", f"@{params.metric_k}")
+
+
+# --- the loop --------------------------------------------------------------------------------------
+@contextmanager
+def _torch_settings(params: TrainingParams):
+    """Seeded, deterministic, threads set; every global restored on exit."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(params.num_threads or 1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+class _Augment:
+    """Training-time input noise: context features to their export defaults (context_dropout),
+    ids to the out-of-vocabulary index (id_dropout); per row, from the seeded generator."""
+
+    def __init__(self, encoder: FeatureEncoder, params: TrainingParams, generator: torch.Generator):
+        self.slots, self.defaults = encoder.context_defaults()
+        self.slots = torch.tensor(self.slots, dtype=torch.int64)
+        self.p_context = params.context_dropout if len(self.slots) and not encoder.pinned_context else 0.0
+        self.p_id = params.id_dropout if encoder.id_column else 0.0
+        self.generator = generator
+
+    def __call__(self, x: TowerInputs) -> TowerInputs:
+        if self.p_context:
+            drop = torch.rand(x.n_rows, 1, generator=self.generator) < self.p_context      # [B, 1]
+            x.numeric[:, self.slots] = torch.where(drop, self.defaults, x.numeric[:, self.slots])
+        if self.p_id:
+            drop = torch.rand(x.n_rows, generator=self.generator) < self.p_id               # [B]
+            x = x._replace(ids=x.ids.masked_fill(drop, 0))
+        return x
+
+
+def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
+    params = data.params
+    log = log or (lambda message: None)
+    key = metric_key(params)
+    B = params.batch_size
+    softmax = params.loss in ("softmax", "mixed")
+    bce_weight = 1.0 if params.loss == "pointwise" else params.pointwise_weight
+    n_items = len(data.offers)
+    n_negatives = min(params.n_catalogue_negatives, n_items) if params.loss == "mixed" else 0
+    accepted = data.accepted_train_rows
+    primary_rows = torch.from_numpy(accepted if softmax else data.train_rows)
+    bce_rows = torch.from_numpy(data.train_rows)
+    item_keys = torch.from_numpy(data.item_codes)                               # [n] offer index per row
+    probabilities = losses.sampling_probabilities(data.item_codes[accepted], n_items)
+    log_q = torch.from_numpy(losses.mixed_log_q(probabilities, B, n_negatives).astype(np.float32))  # [N]
+
+    with _torch_settings(params):
+        model = TwoTowerModel(params, data.user_encoder, data.item_encoder)
+        generator = torch.Generator().manual_seed(params.seed)
+        augment_user = _Augment(data.user_encoder, params, generator)
+        augment_item = _Augment(data.item_encoder, params, generator)
+        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+        log(f"training on {len(data.train_rows):,} exposures ({len(accepted):,} accepted), validating on "
+            f"{len(data.validation_rows):,}; {len(data.customers):,} customers, {n_items:,} offers; loss "
+            f"{params.loss}{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}; "
+            f"user tower {data.user_encoder.columns}, item tower {data.item_encoder.columns}")
+
+        history, best_value, best_epoch, best_state = [], -math.inf, 0, None
+        bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
+        train_seconds = examples = 0
+        stopped_early = False
+        for epoch in range(1, params.epochs + 1):
+            model.train()
+            started = time.perf_counter()
+            order = primary_rows[torch.randperm(len(primary_rows), generator=generator)]
+            steps = len(order) // B                                              # drop the last partial batch
+            total = torch.zeros(())
+            for step in range(steps):
+                rows = order[step * B:(step + 1) * B]                           # [B]
+                user = model.user_tower(augment_user(data.user_inputs.take(rows)))    # [B, d]
+                item = model.item_tower(augment_item(data.item_inputs.take(rows)))    # [B, d]
+                if softmax:
+                    ids = item_keys[rows]                                        # [B]
+                    if n_negatives:
+                        sampled = torch.randint(n_items, (n_negatives,), generator=generator)  # [M]
+                        negatives = model.item_tower(data.catalogue_inputs.take(sampled))      # [M, d]
+                        loss = losses.mixed_negatives_loss(
+                            user, item, ids, negatives, sampled, temperature=params.temperature,
+                            log_q=log_q[ids] if params.logq_correction else None,
+                            negative_log_q=log_q[sampled] if params.logq_correction else None,
+                            remove_accidental_hits=params.remove_accidental_hits)
+                    else:
+                        loss = losses.in_batch_softmax_loss(
+                            user, item, ids, temperature=params.temperature,
+                            log_q=log_q[ids] if params.logq_correction else None,
+                            remove_accidental_hits=params.remove_accidental_hits)
+                    if bce_weight:
+                        if bce_at + B > len(bce_order):
+                            bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
+                        extra = bce_order[bce_at:bce_at + B]
+                        bce_at += B
+                        loss = loss + bce_weight * losses.pointwise_bce_loss(
+                            model.user_tower(augment_user(data.user_inputs.take(extra))),
+                            model.item_tower(augment_item(data.item_inputs.take(extra))),
+                            data.labels[extra], temperature=params.temperature, bias=model.bias)
+                else:
+                    loss = losses.pointwise_bce_loss(user, item, data.labels[rows],
+                                                     temperature=params.temperature, bias=model.bias)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            examples += steps * B
+            evaluated = time.perf_counter()
+            scores = evaluate(model, data)
+            value = scores.get(key, float("nan"))
+            history.append({"epoch": epoch, "loss": float(total) / max(1, steps), "validation_metric": value,
+                            "seconds": seconds, "eval_seconds": time.perf_counter() - evaluated, **scores})
+            improved = not math.isnan(value) and value > best_value
+            if improved or best_state is None:
+                best_value = value if not math.isnan(value) else best_value
+                best_epoch = epoch
+                best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            log(f"epoch {epoch}/{params.epochs} loss {history[-1]['loss']:.4f} {key} {value:.4f} "
+                f"user_auc {scores['user_auc']:.4f} item_auc {scores['item_auc']:.4f} "
+                f"({seconds:.1f}s, {steps * B / max(seconds, 1e-9):,.0f} ex/s){' *' if improved else ''}")
+            if params.stopping_rounds and epoch - best_epoch >= params.stopping_rounds:
+                stopped_early = epoch < params.epochs
+                log(f"early stopping: no {key} gain in {params.stopping_rounds} epochs; best epoch {best_epoch}")
+                break
+
+        model.load_state_dict(best_state)
+        model.eval()
+    best = history[best_epoch - 1]
+    return TrainingResult(
+        model=model, params=params, history=history, best_epoch=best_epoch, epochs_run=len(history),
+        stopped_early=stopped_early, examples_per_second=examples / max(train_seconds, 1e-9),
+        metrics={k: v for k, v in best.items() if k not in ("epoch", "loss", "seconds", "eval_seconds")},
+        validation_metric=key, n_rows=len(data.labels), n_train=len(data.train_rows),
+        n_validation=len(data.validation_rows),
+        features={"user": data.user_encoder.describe(), "item": data.item_encoder.describe()},
+    )
+
+
+def train_two_tower(frame: pd.DataFrame, params: TrainingParams | dict | None = None,
+                    log: Log | None = None) -> TrainingResult:
+    """Check, encode, train with early stopping; the model holds the best epoch's weights."""
+    if not isinstance(params, TrainingParams):
+        params = TrainingParams.from_dict(params)
+    return fit(prepare(frame, params), log)

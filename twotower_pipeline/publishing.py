@@ -1,0 +1,98 @@
+"""Embedding export: every customer and every offer embedded with one run's towers, checked,
+then published to the collections the runtime reads (SPEC §5). Used by the assets and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from twotower_pipeline.ingest.training_frame import build_training_frame
+from twotower_pipeline.runs import TrainedRun
+from twotower_pipeline.store import embeddings, frames, names
+from twotower_pipeline.store.client import MongoStore
+
+USER_EMBEDDINGS = f"{names.FLATTEN.partition('.')[0]}.{names.USER_EMBEDDINGS}"
+ITEM_EMBEDDINGS = f"{names.FLATTEN.partition('.')[0]}.{names.ITEM_EMBEDDINGS}"
+NORM_TOLERANCE = 1e-4
+#: Stands in for the other tower's key when one side is embedded on its own (it is never encoded).
+NO_KEY = "__export__"
+
+
+@dataclasses.dataclass
+class EmbeddingSet:
+    """One tower's vectors for every key, with the facts the checks look at."""
+
+    key_field: str
+    keys: list[str]
+    vectors: np.ndarray  # [n, embedding_dim]
+    sources: dict[str, int]  # how many keys each source contributed
+
+    def problems(self, embedding_dim: int) -> list[str]:
+        """What is wrong with the vectors (empty when they may be published)."""
+        found = []
+        if self.vectors.ndim != 2 or self.vectors.shape[1] != embedding_dim:
+            found.append(f"vectors have shape {self.vectors.shape}, expected (n, {embedding_dim})")
+        if not np.isfinite(self.vectors).all():
+            found.append(f"{int((~np.isfinite(self.vectors)).any(axis=1).sum())} vectors are not finite")
+        norms = np.linalg.norm(self.vectors, axis=1)
+        off = int((np.abs(norms - 1.0) > NORM_TOLERANCE).sum())
+        if off:
+            found.append(f"{off} vectors are not unit length")
+        if len(set(self.keys)) != len(self.keys):
+            found.append(f"{len(self.keys) - len(set(self.keys))} duplicate {self.key_field} values")
+        return found
+
+
+def _keys(values) -> list[str]:
+    return sorted({str(v) for v in values if v is not None and str(v) != ""})
+
+
+def user_embedding_set(run: TrainedRun, customer_features: pd.DataFrame, training_frame: pd.DataFrame) -> EmbeddingSet:
+    """Every customer of the feature collection and every customer seen in the window."""
+    known = _keys(customer_features[names.CUSTOMER_KEY]) if len(customer_features) else []
+    seen = _keys(training_frame["customer_id"]) if len(training_frame) else []
+    keys = sorted(set(known) | set(seen))
+    exposures = pd.DataFrame({"customer_id": keys, "offer": NO_KEY, "accepted": 0})
+    frame, _ = build_training_frame(exposures, customer_features, pd.DataFrame(), customer_key=names.CUSTOMER_KEY)
+    vectors = run.model.user_embeddings(frame)
+    return EmbeddingSet("customer_id", keys, vectors, {"customer_features": len(known), "training_window": len(seen)})
+
+
+def item_embedding_set(run: TrainedRun, offer_matrix: pd.DataFrame, training_frame: pd.DataFrame) -> EmbeddingSet:
+    """Every offer of the offer matrix and every offer seen in the window."""
+    known = _keys(offer_matrix[names.OFFER_KEY]) if len(offer_matrix) else []
+    seen = _keys(training_frame["offer"]) if len(training_frame) else []
+    keys = sorted(set(known) | set(seen))
+    exposures = pd.DataFrame({"customer_id": NO_KEY, "offer": keys, "accepted": 0})
+    frame, _ = build_training_frame(exposures, pd.DataFrame(), offer_matrix, offer_key=names.OFFER_KEY)
+    vectors = run.model.item_embeddings(frame)
+    return EmbeddingSet("offer", keys, vectors, {"offer_matrix": len(known), "training_window": len(seen)})
+
+
+def publish(store: MongoStore, location: str, run: TrainedRun, embedding_set: EmbeddingSet) -> dict:
+    """Check, then swap the live collection to this run's vectors; refuse to publish bad vectors."""
+    problems = embedding_set.problems(run.model.embedding_dim)
+    if problems:
+        raise ValueError(f"not publishing {location} for run {run.run_id}: " + "; ".join(problems))
+    return embeddings.publish_embeddings(
+        store, location, embedding_set.key_field, run.run_id, embedding_set.keys, embedding_set.vectors
+    )
+
+
+def save_run_document(store: MongoStore, run: TrainedRun) -> None:
+    """Upsert the run's document into `ecosystem_meta.two_tower_runs` (keyed by run_id)."""
+    runs = store.collection(names.RUNS)
+    runs.create_index("run_id", unique=True)
+    runs.replace_one({"run_id": run.run_id}, run.run, upsert=True)
+
+
+def export_run(store: MongoStore, run: TrainedRun) -> dict:
+    """Export both embedding collections for a stored run (the CLI's path, outside Dagster)."""
+    training_frame = frames.read_frame(store.collection(names.TRAINING_FRAME), columns=["customer_id", "offer"])
+    customers = frames.read_frame(store.collection(names.CUSTOMER_FEATURES))
+    offers = frames.read_frame(store.collection(names.OFFER_MATRIX))
+    users = publish(store, USER_EMBEDDINGS, run, user_embedding_set(run, customers, training_frame))
+    items = publish(store, ITEM_EMBEDDINGS, run, item_embedding_set(run, offers, training_frame))
+    return {"users": users["written"], "items": items["written"]}

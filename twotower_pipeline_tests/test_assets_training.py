@@ -1,0 +1,144 @@
+"""Training and embedding export, materialised on a small simulated slice against the real server."""
+
+import threading
+
+import dagster as dg
+import numpy as np
+import pymongo
+import pytest
+
+from twotower_pipeline import publishing
+from twotower_pipeline.cli import main as cli_main
+from twotower_pipeline.defs.assets.training import TwoTowerConfig
+from twotower_pipeline.definitions import build_resources, defs
+from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
+from twotower_pipeline.ingest.simulator import simulate_traffic
+from twotower_pipeline.store import embeddings, names
+
+ASSETS = list(defs.assets)
+FAST = {"epochs": 3, "batch_size": 128, "embedding_dim": 16, "hidden": 32}
+RUN_FIELDS = {"run_id", "database", "flatten_collection", "user_column", "item_column", "predictor", "embedding_dim",
+              "epochs", "stopping_rounds", "user_model_id", "item_model_id", "user_auc", "item_auc", "n_rows",
+              "updated_at"}
+
+
+@pytest.fixture
+def trained_slice(mongo, store):
+    """A small simulated predictor, flattened and framed, ready to train."""
+    traffic = simulate_traffic(n_customers=200, n_offers=20, n_requests=2500, days=3, seed=7)
+    write_runtime_logs(store, traffic.logs)
+    resources = build_resources(mongo)
+    tags = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
+    assert dg.materialize(ASSETS, resources=resources, tags=tags, selection=[
+        dg.AssetKey(["logging", "ecosystemruntime_flatten"]),
+        dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
+    assert dg.materialize(ASSETS, resources=resources, selection=["training_frame"], run_config={
+        "ops": {"training_frame": {"config": {"predictor": traffic.logs.predictor}}}}).success
+    return resources, traffic
+
+
+def _train_and_export(resources, run_id, **config):
+    return dg.materialize(
+        ASSETS, resources=resources, selection=["two_tower_model", "user_embeddings", "item_embeddings"],
+        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": run_id, **config}}}},
+    )
+
+
+def test_training_writes_the_run_document_and_both_embedding_collections(trained_slice, store):
+    resources, traffic = trained_slice
+    result = _train_and_export(resources, "run_a")
+    assert result.success
+    run = store.collection(names.RUNS).find_one({"run_id": "run_a"}, {"_id": 0})
+    assert set(run) == RUN_FIELDS
+    assert run["user_model_id"] == "two_tower_user_run_a" and run["item_model_id"] == "two_tower_item_run_a"
+    assert run["embedding_dim"] == 16 and run["predictor"] == traffic.logs.predictor
+    assert 0.5 < run["user_auc"] <= 1.0 and 0.5 < run["item_auc"] <= 1.0  # planted structure is learnt
+    metadata = result.asset_materializations_for_node("two_tower_model")[0].metadata
+    assert metadata["run_id"].value == "run_a" and metadata["epochs_run"].value <= 3
+    assert "data:image/png;base64," in metadata["training_curve"].value
+
+    users = list(store.collection(publishing.USER_EMBEDDINGS).find({}, {"_id": 0}))
+    items = list(store.collection(publishing.ITEM_EMBEDDINGS).find({}, {"_id": 0}))
+    assert len(users) == len(traffic.logs.customer_features) and len(items) == len(traffic.logs.offer_matrix)
+    assert set(users[0]) == {"run_id", "customer_id", "embedding"} and set(items[0]) == {"run_id", "offer", "embedding"}
+    vectors = np.array([u["embedding"] for u in users])
+    assert vectors.shape[1] == 16 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert {u["run_id"] for u in users} == {"run_a"}
+    assert store.collection(publishing.USER_EMBEDDINGS).index_information()["customer_id_1"]["unique"]
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert len(checks) == 6 and all(checks.values())
+
+
+def test_a_retrain_swaps_whole_runs_keeps_the_previous_and_rolls_back(trained_slice, store):
+    resources, _ = trained_slice
+    assert _train_and_export(resources, "run_a").success
+    assert _train_and_export(resources, "run_b", seed=3).success
+    assert embeddings.live_run_id(store, publishing.USER_EMBEDDINGS) == "run_b"
+    assert embeddings.rollback_embeddings(store, publishing.USER_EMBEDDINGS) == "run_a"
+    assert {d["run_id"] for d in store.collection(publishing.USER_EMBEDDINGS).find({}, {"run_id": 1})} == {"run_a"}
+
+
+def test_a_reader_during_export_sees_one_run_and_a_crash_leaves_the_live_collection(trained_slice, store, monkeypatch):
+    resources, _ = trained_slice
+    assert _train_and_export(resources, "run_a").success
+    live = store.collection(publishing.ITEM_EMBEDDINGS)
+    seen: list[set] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.append({d["run_id"] for d in live.find({}, {"run_id": 1})})
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert _train_and_export(resources, "run_b", seed=3).success
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and all(len(runs) == 1 for runs in seen)
+    assert {"run_b"} in seen
+
+    # killed at the last moment, before the swap: the live collection keeps serving run_b
+    def killed(self, *args, **kwargs):
+        raise RuntimeError("killed during export")
+
+    monkeypatch.setattr(pymongo.collection.Collection, "rename", killed)
+    failed = dg.materialize(
+        ASSETS, resources=resources, selection=["two_tower_model", "item_embeddings"], raise_on_error=False,
+        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": "run_c"}}}},
+    )
+    assert not failed.success
+    assert {d["run_id"] for d in live.find({}, {"run_id": 1})} == {"run_b"}
+    assert [n for n in store.database("logging").list_collection_names() if "__staging_" in n] == []
+
+
+def test_bad_training_parameters_are_refused_with_their_range():
+    with pytest.raises(Exception, match=r"embedding_dim=512 is out of range; allowed 4\.\.256"):
+        TwoTowerConfig(embedding_dim=512)
+    with pytest.raises(Exception, match="epochs"):
+        TwoTowerConfig(epochs=2.5)
+
+
+def test_export_cli_publishes_a_stored_run(trained_slice, store, mongo_uri, database_prefix, monkeypatch, capsys):
+    resources, _ = trained_slice
+    assert _train_and_export(resources, "run_a").success
+    assert _train_and_export(resources, "run_b", seed=3).success
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    monkeypatch.setenv("TWOTOWER_DATABASE_PREFIX", database_prefix)
+    assert cli_main(["export-embeddings", "--run-id", "run_a"]) == 0
+    assert embeddings.live_run_id(store, publishing.ITEM_EMBEDDINGS) == "run_a"
+    assert cli_main(["export-embeddings", "--run-id", "nope"]) == 2
+    assert "no artefact named 'two_tower_model' with run_id='nope'" in capsys.readouterr().err
+
+
+def test_vectors_that_break_the_contract_are_named_before_publishing():
+    good = np.eye(4)[:3]
+    assert publishing.EmbeddingSet("offer", ["a", "b", "c"], good, {}).problems(4) == []
+    bad = good.copy()
+    bad[0, 0] = np.nan
+    bad[1] *= 2.0
+    problems = publishing.EmbeddingSet("offer", ["a", "b", "b"], bad, {}).problems(4)
+    assert problems == ["1 vectors are not finite", "1 vectors are not unit length", "1 duplicate offer values"]
+    assert publishing.EmbeddingSet("offer", ["a", "b", "c"], good, {}).problems(8) == [
+        "vectors have shape (3, 4), expected (n, 8)"]

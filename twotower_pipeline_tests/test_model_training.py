@@ -1,0 +1,171 @@
+"""Training on small synthetic frames: planted structure is learned, seeds repeat, the best epoch is
+kept, unseen customers get vectors from their features, artefacts round-trip, bad frames are
+refused before any training time is spent."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twotower_pipeline.model import TrainingParams, TwoTowerModel, rank_offers, train_two_tower
+from twotower_pipeline.model.plots import training_curve_png
+from twotower_pipeline.model.train import evaluate, fit, prepare
+
+N_OFFERS, N_GROUPS = 40, 4
+FAST = dict(batch_size=32, epochs=8, stopping_rounds=0, embedding_dim=8, hidden=16, id_embedding_dim=8,
+            learning_rate=0.01, max_validation_users=1000, num_threads=1)
+
+
+def planted_frame(n_customers=120, shown=16, seed=0, noise=0.0) -> pd.DataFrame:
+    """Customers of segment g accept the offers of group g (o // 10) and decline the others; with
+    `noise`, that share of labels are coin flips."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n_customers):
+        group = c % N_GROUPS
+        for o in rng.choice(N_OFFERS, shown, replace=False):
+            liked = o * N_GROUPS // N_OFFERS == group
+            accepted = int(liked) if rng.random() >= noise else int(rng.random() < 0.5)
+            rows.append({"customer_id": f"c{c}", "offer": f"o{o}", "accepted": accepted,
+                         "price": float(1 + o % 3), "rank": float(rng.integers(1, 6)), "score": float(rng.random()),
+                         "segment": f"S{group}", "age": float(20 + c % 40),
+                         "genres": [f"g{o * N_GROUPS // N_OFFERS}", "all"],
+                         "uuid": f"r{c}-{o}", "predictor": "p", "channel": "web", "offer_name": f"o{o}"})
+    return pd.DataFrame(rows)
+
+
+def catalogue() -> pd.DataFrame:
+    return pd.DataFrame({"offer": [f"o{i}" for i in range(N_OFFERS)],
+                         "genres": [[f"g{i * N_GROUPS // N_OFFERS}", "all"] for i in range(N_OFFERS)]})
+
+
+@pytest.fixture(scope="module")
+def planted():
+    frame = planted_frame()
+    return frame, train_two_tower(frame, TrainingParams(**FAST))
+
+
+def test_planted_structure_ranks_the_right_offers(planted):
+    frame, result = planted
+    m = result.metrics
+    assert m["recall@10"] > 0.9 and m["recall@10"] > 3 * m["random_recall@10"]
+    assert m["user_auc"] > 0.95 and m["item_auc"] > 0.95
+    users = frame.drop_duplicates("customer_id").head(N_GROUPS)[["customer_id", "segment", "age"]]
+    vectors, items = result.model.user_embeddings(users), result.model.item_embeddings(catalogue())
+    for group, vector in enumerate(vectors):
+        top = [int(o[1:]) for o, _ in rank_offers(vector, items, catalogue()["offer"])[:10]]
+        assert sum(o * N_GROUPS // N_OFFERS == group for o in top) >= 9
+
+
+def test_vectors_are_unit_norm_of_embedding_dim(planted):
+    frame, result = planted
+    for vectors in (result.model.user_embeddings(frame), result.model.item_embeddings(frame)):
+        assert vectors.shape == (len(frame), 8) and vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_unseen_customer_gets_a_finite_unit_vector_from_its_features(planted):
+    _, result = planted
+    new = pd.DataFrame({"customer_id": ["never_seen", "never_seen"], "segment": ["S0", "S1"], "age": [30.0, 30.0]})
+    vectors = result.model.user_embeddings(new)  # context columns absent -> documented defaults
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.abs(vectors[0] - vectors[1]).max() > 1e-3
+    first = result.model.item_embeddings(catalogue().head(1))[0]  # an offer of group 0
+    assert vectors[0] @ first > vectors[1] @ first  # the S0 stranger prefers S0's offers
+
+
+def test_same_seed_same_weights_and_embeddings():
+    frame = planted_frame(n_customers=40)
+    params = TrainingParams(**{**FAST, "epochs": 3})
+    a, b = train_two_tower(frame, params), train_two_tower(frame, params)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert np.array_equal(a.model.user_embeddings(frame), b.model.user_embeddings(frame))
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    c = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 3, "seed": 7}))
+    assert not np.array_equal(a.model.user_embeddings(frame), c.model.user_embeddings(frame))
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    frame = planted_frame(n_customers=60, noise=1.0, seed=3)  # labels are coin flips: the metric wanders
+    params = TrainingParams(**{**FAST, "epochs": 40, "stopping_rounds": 2, "learning_rate": 0.05,
+                               "validation_metric": "user_auc"})
+    data = prepare(frame, params)
+    logged = []
+    result = fit(data, logged.append)
+    values = [h["validation_metric"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(values)) + 1
+    assert result.stopped_early and result.epochs_run == result.best_epoch + 2 < 40
+    assert evaluate(result.model, data)["user_auc"] == pytest.approx(values[result.best_epoch - 1], abs=1e-12)
+    assert any(line.startswith("early stopping") for line in logged)
+    assert sum(line.startswith("epoch ") for line in logged) == result.epochs_run
+
+
+def test_artefact_round_trip_gives_identical_embeddings(planted):
+    frame, result = planted
+    config, state = result.model.to_artefact()
+    assert isinstance(state, bytes) and TwoTowerModel.artefact_kind == "two_tower_model"
+    again = TwoTowerModel.from_artefact(json.loads(json.dumps(config)), state)
+    assert np.array_equal(again.user_embeddings(frame), result.model.user_embeddings(frame))
+    assert np.array_equal(again.item_embeddings(frame), result.model.item_embeddings(frame))
+
+
+@pytest.mark.parametrize("loss, extra", [("mixed", {"n_catalogue_negatives": 8}), ("pointwise", {}),
+                                         ("softmax", {"pointwise_weight": 0.0, "layers": 0, "id_dropout": 0.2})])
+def test_other_objectives_learn_the_planted_structure(loss, extra):
+    frame = planted_frame(n_customers=60)
+    result = train_two_tower(frame, TrainingParams(**{**FAST, "loss": loss, **extra}))
+    assert result.metrics["user_auc"] > 0.85
+    assert result.examples_per_second > 0 and len(result.history) == result.epochs_run == 8
+
+
+def _params(**kw):
+    return TrainingParams(**{**FAST, **kw})
+
+
+@pytest.mark.parametrize("mutate, params, message", [
+    (lambda f: f.assign(accepted=0), {}, "no accepted rows"),
+    (lambda f: f.assign(offer="o1"), {}, "only one offer"),
+    (lambda f: f.assign(customer_id="c1"), {}, "only one customer"),
+    (lambda f: f.assign(age=f["age"].where(f.index != 3)), {}, "'age' has 1 missing values"),
+    (lambda f: f.assign(segment=f["segment"].where(f.index != 5, None)), {}, "'segment' has 1 missing values"),
+    (lambda f: f, {"batch_size": 4096}, "far too few rows for batch_size=4096"),
+    (lambda f: f.assign(price=f["price"].where(f.index != 2, np.inf)), {}, "'price' has 1 infinite values"),
+    (lambda f: f, {"categorical_columns": ["zip"]}, "lacks column(s) 'zip' (categorical_columns)"),
+    (lambda f: f.drop(columns=["rank"]), {}, "lacks column(s) 'rank' (user_features)"),
+    (lambda f: f, {"item_features": ["offer", "colour"]}, "lacks column(s) 'colour' (item_features)"),
+    (lambda f: f.assign(accepted=2), {}, "must be 0 or 1"),
+    (lambda f: f.iloc[:0], {}, "empty"),
+])
+def test_bad_frames_are_refused_before_training(mutate, params, message, monkeypatch):
+    import twotower_pipeline.model.train as train_module
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError) as error:
+        train_module.train_two_tower(mutate(planted_frame(n_customers=20)), _params(**params))
+    assert message in str(error.value)
+
+
+def test_training_curve_png(planted):
+    _, result = planted
+    png = training_curve_png(result.history, metric_name=result.validation_metric, best_epoch=result.best_epoch)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_context_pinned_to_documented_defaults_by_default(planted):
+    frame, result = planted
+    users = frame.drop_duplicates("customer_id")[["customer_id", "segment", "age"]]
+    exported = result.model.user_embeddings(users)  # context absent: price 0.0, rank 1.0, score 0.0
+    live = result.model.user_embeddings(users.assign(price=9.0, rank=3.0, score=0.7))  # a sidecar request
+    assert np.array_equal(exported, live)  # context_dropout 1.0: the served vector is the exported one
+
+
+def test_context_is_read_when_trained_on_it():
+    frame = planted_frame(n_customers=40)
+    result = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 2, "context_dropout": 0.5}))
+    users = frame.drop_duplicates("customer_id")[["customer_id", "segment", "age"]]
+    exported = result.model.user_embeddings(users)
+    assert not np.array_equal(exported, result.model.user_embeddings(users.assign(price=3.0)))
+    assert np.array_equal(exported, result.model.user_embeddings(users.assign(price=0.0, rank=1.0, score=0.0)))
