@@ -32,24 +32,29 @@ def _model_code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+_DEFAULTS = TrainingParams()  # the launchpad shows the model's own defaults, never a copy of them
+
+
 class TwoTowerConfig(dg.Config):
     """Training parameters (documented names and defaults); validated before any work starts."""
 
-    embedding_dim: int = Field(default=32, description="Output width of both towers (4..256).")
-    epochs: int = Field(default=25, description="Most passes over the data (1..500).")
-    stopping_rounds: int = Field(default=3, description="Early-stopping patience in epochs (0..50, 0 = off).")
-    batch_size: int = Field(default=256, description="Examples per step; also the in-batch candidates.")
-    hidden: int = Field(default=64, description="Width of each tower's hidden layer.")
-    learning_rate: float = Field(default=0.001, description="Adam learning rate.")
-    user_features: list[str] = Field(default=["customer_id", "price", "rank", "score"])
-    item_features: list[str] = Field(default=["offer", "price", "rank", "score"])
-    categorical_columns: list[str] = Field(default=[], description="Empty: text columns are categorical.")
-    layers: int = Field(default=1, description="Hidden layers per tower (ours; 0 = linear).")
-    loss: str = Field(default="softmax", description="softmax | mixed | pointwise (ours).")
-    pointwise_weight: float = Field(default=0.5, description="Weight of the loss on explicit declines (ours).")
-    temperature: float = Field(default=0.1, description="Softmax temperature on the cosine (ours).")
-    validation_split: float = Field(default=0.2, description="Share of exposures held out for validation.")
-    seed: int = Field(default=42, description="Same seed, same data, same machine: same model.")
+    embedding_dim: int = Field(default=_DEFAULTS.embedding_dim, description="Output width of both towers (4..256).")
+    epochs: int = Field(default=_DEFAULTS.epochs, description="Most passes over the data (1..500).")
+    stopping_rounds: int = Field(default=_DEFAULTS.stopping_rounds, description="Early-stopping patience (0..50).")
+    batch_size: int = Field(default=_DEFAULTS.batch_size, description="Examples per step (= in-batch candidates).")
+    hidden: int = Field(default=_DEFAULTS.hidden, description="Width of each tower's hidden layer.")
+    learning_rate: float = Field(default=_DEFAULTS.learning_rate, description="Adam learning rate.")
+    user_features: list[str] = Field(default=_DEFAULTS.user_features)
+    item_features: list[str] = Field(default=_DEFAULTS.item_features)
+    categorical_columns: list[str] = Field(default=_DEFAULTS.categorical_columns,
+                                           description="Empty: text columns are categorical.")
+    layers: int = Field(default=_DEFAULTS.layers, description="Hidden layers per tower (ours; 0 = linear).")
+    loss: str = Field(default=_DEFAULTS.loss, description="softmax | mixed | pointwise (ours).")
+    pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
+                                    description="Weight of the loss on explicit declines (ours).")
+    temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
+    validation_split: float = Field(default=_DEFAULTS.validation_split, description="Share held out for validation.")
+    seed: int = Field(default=_DEFAULTS.seed, description="Same seed, same data, same machine: same model.")
     run_id: Optional[str] = Field(default=None, description="Generated when empty.")
 
     @model_validator(mode="after")
