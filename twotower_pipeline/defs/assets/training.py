@@ -110,7 +110,12 @@ def two_tower_model(
             "training_seconds": round(seconds, 2),
             "examples_per_second": round(result.examples_per_second, 1),
             "n_rows": result.n_rows,
-            **{f"validation_{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
+            "early_stopping_metric": result.validation_metric,
+            **{
+                f"validation_{k}": float(v)
+                for k, v in result.metrics.items()
+                if isinstance(v, (int, float)) and k != "validation_metric"
+            },
             "training_curve": dg.MetadataValue.md(
                 f"![training curve](data:image/png;base64,{base64.b64encode(curve).decode()})"
             ),
