@@ -10,8 +10,8 @@ Four kinds of input, decided per column when fitting:
 Context features (price, rank, score) absent from a frame take the documented defaults
 (0.0, 1.0, 0.0), and always do when the encoder is `pinned_context` (a model trained with
 context_dropout 1.0 never saw other values); any other feature absent at inference takes its
-neutral value (index 0, the training mean, an empty list). Encoding is vectorised: pandas categorical codes and numpy, no
-per-row Python. The fitted encoder serialises to a JSON-able dict.
+neutral value (index 0, the training mean, an empty list). Encoding is vectorised: pandas
+categorical codes and numpy, no per-row Python. The fitted encoder serialises to a JSON-able dict.
 """
 
 from __future__ import annotations
