@@ -67,30 +67,25 @@ def run_demo() -> int:
 
     instance = dg.DagsterInstance.get()
     assets = list(defs.assets)
+
+    def materialize(selection, ops_config=None, tags=None) -> dg.ExecuteInProcessResult:
+        # INFO, not DEBUG, on the console: progress lines (epochs, counts) without the event stream
+        run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": ops_config or {}}
+        return dg.materialize(assets, instance=instance, resources=resources, selection=selection,
+                              run_config=run_config, tags=tags)
+
     flatten = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
     print(f"materialising ecosystemruntime_flatten for {first}..{last} as one run")
-    result = dg.materialize(
-        assets,
-        instance=instance,
-        resources=resources,
-        selection=[flatten, dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])],
+    result = materialize(
+        [flatten, dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])],
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
     flatten_meta = _materialization_metadata(result, flatten)
     print(f"materialising training_frame for predictor {predictor}")
-    result = dg.materialize(
-        assets,
-        instance=instance,
-        resources=resources,
-        selection=["training_frame"],
-        run_config={"ops": {"training_frame": {"config": {"predictor": predictor}}}},
-    )
+    result = materialize(["training_frame"], {"training_frame": {"config": {"predictor": predictor}}})
     frame_meta = _materialization_metadata(result, dg.AssetKey("training_frame"))
     print("training two_tower_model and exporting user_embeddings and item_embeddings")
-    result = dg.materialize(
-        assets, instance=instance, resources=resources,
-        selection=["two_tower_model", "user_embeddings", "item_embeddings"],
-    )
+    result = materialize(["two_tower_model", "user_embeddings", "item_embeddings"])
     model_meta = _materialization_metadata(result, dg.AssetKey("two_tower_model"))
     users_meta = _materialization_metadata(result, dg.AssetKey("user_embeddings"))
     items_meta = _materialization_metadata(result, dg.AssetKey("item_embeddings"))
