@@ -82,6 +82,9 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     ]
     quarantine = frames.read_frame(store.collection(names.FLATTEN_QUARANTINE))
     assert sorted(quarantine["reason"]) == ["missing_customer", "orphan_response"]
+    # the runtime's collections were seeded without indexes; the flatten reads them by date
+    assert {"date_log_1", "uuid_1"} <= set(store.collection(names.PRESENTED).index_information())
+    assert {"date_log_1", "uuid_1"} <= set(store.collection(names.RESPONSES).index_information())
     materialization = result.asset_materializations_for_node("ecosystemruntime_flatten")
     by_key = {m.asset_key: m.metadata for m in materialization}
     assert by_key[FLATTEN]["exposures"].value == 8 and by_key[FLATTEN]["accepted"].value == 3

@@ -142,8 +142,7 @@ def write_runtime_logs(store, logs: RuntimeLogs, *, replace: bool = False) -> di
     """
     presented = store.collection(names.PRESENTED)
     responses = store.collection(names.RESPONSES)
-    ensure_indexes(presented, [("date_log",), ("uuid",), ("predictor", "date_log")])
-    ensure_indexes(responses, [("date_log",), ("uuid",)])
+    ensure_source_indexes(store)
     already = presented.count_documents({"predictor": logs.predictor}) == len(
         logs.presented
     ) and responses.count_documents({"predictor": logs.predictor}) == len(logs.responses)
@@ -170,6 +169,12 @@ def write_runtime_logs(store, logs: RuntimeLogs, *, replace: bool = False) -> di
         "responses": len(logs.responses),
         "exposures": logs.n_exposures,
     }
+
+
+def ensure_source_indexes(store) -> None:
+    """The indexes the flatten reads the runtime collections by (idempotent)."""
+    ensure_indexes(store.collection(names.PRESENTED), [("date_log",), ("uuid",), ("predictor", "date_log")])
+    ensure_indexes(store.collection(names.RESPONSES), [("date_log",), ("uuid",)])
 
 
 def _replace_by_key(collection, frame: pd.DataFrame, key: str) -> None:

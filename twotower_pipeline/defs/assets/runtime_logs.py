@@ -9,6 +9,7 @@ from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check,
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.flatten import REASONS, fetch_runtime_window, flatten_runtime_logs
+from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.store import names
 
 GROUP = "runtime_logs"
@@ -51,6 +52,11 @@ class FlattenConfig(dg.Config):
         ge=0.0,
         le=1.0,
         description="The rejected-share check fails when more than this share of the input is quarantined.",
+    )
+    ensure_source_indexes: bool = Field(
+        default=True,
+        description="Create the `date_log` and `uuid` indexes on the runtime collections if missing "
+        "(each day's flatten reads them by date range).",
     )
     response_window_days: int = Field(
         default=7,
@@ -106,6 +112,8 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
     """Unwind each presented document's offers and join the responses by `uuid`, for the
     selected days (a backfill of any range runs as one run)."""
     window = context.partition_time_window
+    if config.ensure_source_indexes:
+        ensure_source_indexes(mongo.store())
     presented, responses, orphans = fetch_runtime_window(
         mongo.store(), window.start, window.end, dt.timedelta(days=config.response_window_days)
     )
