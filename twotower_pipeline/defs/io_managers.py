@@ -88,14 +88,16 @@ class MongoFrameIOManager(dg.ConfigurableIOManager):
         if query:
             outside = _rows_outside(context, obj)
             if outside:
+                keys = context.asset_partition_keys
+                written_keys = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
                 raise dg.DagsterInvariantViolationError(
                     f"{context.asset_key.to_user_string()}: {outside} of {len(obj)} rows lie outside the "
-                    f"partition(s) being written ({_meta(context, PARTITION_KEY)} not in {query})"
+                    f"partition(s) being written: `{_meta(context, PARTITION_KEY)}` not in {written_keys}"
                 )
             if _meta(context, TIME_IDS_KEY):
                 window = context.asset_partitions_time_window
                 written = frames.replace_time_slice(
-                    collection, obj, _meta(context, PARTITION_KEY), window.start, window.end
+                    collection, obj, _meta(context, PARTITION_KEY), window.start, window.end, indexes
                 )
             else:
                 written = frames.replace_slice(collection, obj, query, indexes)

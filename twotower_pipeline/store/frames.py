@@ -125,10 +125,16 @@ def replace_slice(
 
 
 def replace_time_slice(
-    collection: Collection, frame: pd.DataFrame, time_field: str, start: dt.datetime, end: dt.datetime
+    collection: Collection,
+    frame: pd.DataFrame,
+    time_field: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    indexes: Iterable[Sequence[str]] = (),
 ) -> int:
     """`replace_slice` for the rows whose `time_field` lies in [start, end), with time-ordered `_id`s."""
-    return replace_slice(collection, frame, time_range_filter(start, end), ids=time_ordered_ids(frame[time_field]))
+    ids = time_ordered_ids(frame[time_field])
+    return replace_slice(collection, frame, time_range_filter(start, end), indexes, ids)
 
 
 def replace_collection(collection: Collection, frame: pd.DataFrame, indexes: Iterable[Sequence[str]] = ()) -> int:
