@@ -188,10 +188,11 @@ def flatten_runtime_logs(
 
     seen_uuids: set[str] = set()
     shown_by_uuid: dict[str, tuple[set[str], dt.datetime]] = {}
-    ordered = sorted(presented, key=lambda d: (parse_utc(d.get("date_log"))[0] or start, str(d.get("_id", ""))))
-    for doc in ordered:
+    # earliest first, so that of two documents with one uuid the first presented is kept
+    parsed = [(parse_utc(doc.get("date_log")), doc) for doc in presented]
+    parsed.sort(key=lambda item: (item[0][0] or start, str(item[1].get("_id", ""))))
+    for (when, bad_date), doc in parsed:
         counts["presented"] += 1
-        when, bad_date = parse_utc(doc.get("date_log"))
         if bad_date:
             naive = _naive_as_utc(doc.get("date_log"))
             if naive is not None and not (start <= naive < end):

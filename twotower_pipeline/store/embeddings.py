@@ -9,13 +9,10 @@ live collection's previous content is copied to `<name>__previous` first, for ro
 from __future__ import annotations
 
 import numpy as np
-from pymongo import ASCENDING
-
 from twotower_pipeline.store.client import MongoStore
-from twotower_pipeline.store.frames import INSERT_BATCH, chunked
+from twotower_pipeline.store.frames import swap_in
 
 PREVIOUS_SUFFIX = "__previous"
-STAGING_MARK = "__staging_"
 
 
 def publish_embeddings(
@@ -24,33 +21,22 @@ def publish_embeddings(
     """Replace the live collection at `location` with `{run_id, key_field, embedding}` documents."""
     if len(keys) != len(vectors):
         raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors for {location}")
+    if not keys:
+        raise ValueError(f"no vectors to publish to {location}")
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate {key_field} values in the vectors for {location}")
-    database_name, _, name = location.partition(".")
-    database = store.database(database_name)
-    live = database[name]
-    for stale in database.list_collection_names():
-        if stale.startswith(name + STAGING_MARK):  # left by an export that crashed
-            database.drop_collection(stale)
-    staging = database[f"{name}{STAGING_MARK}{run_id}"]
+    live = store.collection(location)
     documents = [
         {"run_id": run_id, key_field: key, "embedding": vector}
         for key, vector in zip(keys, np.asarray(vectors, dtype=np.float64).tolist())
     ]
-    try:
-        written = 0
-        for batch in chunked(documents, INSERT_BATCH):
-            written += len(staging.insert_many(batch, ordered=False).inserted_ids)
-        staging.create_index([(key_field, ASCENDING)], unique=True)
-        if written != len(documents):
-            raise RuntimeError(f"staging {staging.name} holds {written} documents, expected {len(documents)}")
-        previous = live.find_one({}, {"run_id": 1})
+    previous = live.find_one({}, {"run_id": 1})
+
+    def keep_previous():
         if previous is not None:
-            live.aggregate([{"$match": {}}, {"$out": name + PREVIOUS_SUFFIX}])
-        staging.rename(name, dropTarget=True)
-    except BaseException:
-        staging.drop()
-        raise
+            live.aggregate([{"$match": {}}, {"$out": live.name + PREVIOUS_SUFFIX}])
+
+    written = swap_in(live, documents, unique_key=key_field, before_swap=keep_previous)
     return {"written": written, "previous_run_id": previous["run_id"] if previous else None}
 
 

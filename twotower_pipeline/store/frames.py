@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,8 @@ from pymongo.collection import Collection
 
 #: Every document written through a slice rewrite carries the id of the write that made it.
 WRITE_ID_FIELD = "_write_id"
+#: Marks the staging collections of whole-collection swaps: `<collection>__staging_<hex>`.
+STAGING_MARK = "__staging_"
 INSERT_BATCH = 20_000
 
 
@@ -137,22 +139,47 @@ def replace_time_slice(
     return replace_slice(collection, frame, time_range_filter(start, end), indexes, ids)
 
 
-def replace_collection(collection: Collection, frame: pd.DataFrame, indexes: Iterable[Sequence[str]] = ()) -> int:
-    """Swap the whole collection for `frame` at once: staging collection, then renameCollection."""
-    staging = collection.database[f"{collection.name}__staging_{uuid.uuid4().hex[:12]}"]
-    documents = frame_to_documents(frame)
+def swap_in(
+    collection: Collection,
+    documents: list[dict],
+    indexes: Iterable[Sequence[str]] = (),
+    unique_key: str | None = None,
+    before_swap: Callable[[], None] | None = None,
+) -> int:
+    """Replace `collection` with `documents` as a whole: staging collection, indexes, then one
+    `renameCollection(dropTarget=True)`. A reader sees the old content or the new, never a mix; a
+    failure before the rename leaves the collection as it was, and a staging collection left by a
+    killed write is dropped by the next one. `before_swap` runs once staging is complete.
+    Returns the number of documents written."""
+    database = collection.database
+    for stale in database.list_collection_names():
+        if stale.startswith(collection.name + STAGING_MARK):
+            database.drop_collection(stale)
+    staging = database[f"{collection.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"]
     try:
+        written = 0
         for batch in chunked(documents, INSERT_BATCH):
-            staging.insert_many(batch, ordered=False)
+            written += len(staging.insert_many(batch, ordered=False).inserted_ids)
+        if written != len(documents):
+            raise RuntimeError(f"staging {staging.name} holds {written} documents, expected {len(documents)}")
+        if unique_key:
+            staging.create_index([(unique_key, ASCENDING)], unique=True)
         ensure_indexes(staging, indexes)
+        if before_swap is not None:
+            before_swap()
         if documents:
             staging.rename(collection.name, dropTarget=True)
-        else:
+        else:  # an empty staging collection does not exist to be renamed
             collection.drop()
             ensure_indexes(collection, indexes)
     finally:
         staging.drop()
-    return len(documents)
+    return written
+
+
+def replace_collection(collection: Collection, frame: pd.DataFrame, indexes: Iterable[Sequence[str]] = ()) -> int:
+    """Swap the whole collection for `frame` at once (see :func:`swap_in`)."""
+    return swap_in(collection, frame_to_documents(frame), indexes)
 
 
 def read_frame(collection: Collection, query: dict | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
