@@ -152,14 +152,14 @@ def _published_checks(key: dg.AssetKey, collection, key_field: str, dim: int, ex
 EMBEDDING_CHECKS = ("unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources")
 
 
-def _embedding_asset(name: str, location: str, source_key: dg.AssetKey, source_location: str, source_field: str,
-                     frame_field: str, build, description: str):
+def _embedding_asset(name: str, location: str, source_location: str, source_field: str, build, description: str):
+    """An asset publishing one tower's vectors for every key of `source_location` and the window."""
     key = dg.AssetKey(name)
 
     @dg.asset(
         key=key,
         ins={"two_tower_model": dg.AssetIn("two_tower_model"), "training_frame": dg.AssetIn("training_frame")},
-        deps=[source_key],
+        deps=[dg.AssetKey(source_location.split("."))],
         group_name=GROUP,
         kinds={"mongodb"},
         metadata={"mongo_collection": location},
@@ -171,7 +171,8 @@ def _embedding_asset(name: str, location: str, source_key: dg.AssetKey, source_l
         store = mongo.store()
         source = frames.read_frame(store.collection(source_location))
         embedding_set = build(two_tower_model, source, training_frame)
-        expected = len({str(v) for v in source.get(source_field, [])} | {str(v) for v in training_frame[frame_field]})
+        window_keys = training_frame[embedding_set.key_field]
+        expected = len({str(v) for v in source.get(source_field, [])} | {str(v) for v in window_keys})
         outcome = publishing.publish(store, location, two_tower_model, embedding_set)  # refuses bad vectors
         context.log.info(f"{location} now serves run {two_tower_model.run_id} ({outcome['written']} vectors)")
         yield dg.MaterializeResult(
@@ -186,12 +187,12 @@ def _embedding_asset(name: str, location: str, source_key: dg.AssetKey, source_l
 
 
 user_embeddings = _embedding_asset(
-    "user_embeddings", publishing.USER_EMBEDDINGS, dg.AssetKey(names.CUSTOMER_FEATURES.split(".")),
-    names.CUSTOMER_FEATURES, names.CUSTOMER_KEY, "customer_id", publishing.user_embedding_set,
+    "user_embeddings", publishing.USER_EMBEDDINGS, names.CUSTOMER_FEATURES, names.CUSTOMER_KEY,
+    publishing.user_embedding_set,
     "Every customer's vector `{run_id, customer_id, embedding}`, swapped in whole per run.",
 )
 item_embeddings = _embedding_asset(
-    "item_embeddings", publishing.ITEM_EMBEDDINGS, dg.AssetKey(names.OFFER_MATRIX.split(".")),
-    names.OFFER_MATRIX, names.OFFER_KEY, "offer", publishing.item_embedding_set,
+    "item_embeddings", publishing.ITEM_EMBEDDINGS, names.OFFER_MATRIX, names.OFFER_KEY,
+    publishing.item_embedding_set,
     "Every offer's vector `{run_id, offer, embedding}`, swapped in whole per run.",
 )
