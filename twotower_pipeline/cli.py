@@ -72,10 +72,9 @@ def _dataset(name: str) -> str:
 
 def cmd_export_embeddings(args) -> int:
     from twotower_pipeline import publishing
-    from twotower_pipeline.runs import TrainedRun
+    from twotower_pipeline.runs import TrainedRun  # noqa: F401 - registers the artefact kind
     from twotower_pipeline.store import artefacts
 
-    artefacts.register_artefact(TrainedRun)
     store = _store()
     run = artefacts.load_artefact(store, "two_tower_model", run_id=args.run_id)
     outcome = publishing.export_run(store, run)

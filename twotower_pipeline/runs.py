@@ -13,6 +13,7 @@ import uuid
 
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.store import names
+from twotower_pipeline.store.artefacts import register_artefact
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -43,6 +44,7 @@ def run_document(*, run_id: str, predictor: str, params, metrics: dict, n_rows: 
     }
 
 
+@register_artefact
 @dataclasses.dataclass
 class TrainedRun:
     """The trained towers of one run, with the run's document and extra details."""

@@ -17,10 +17,9 @@ from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
-from twotower_pipeline.store import artefacts, frames, names
+from twotower_pipeline.store import frames, names
 
 GROUP = "model_training"
-artefacts.register_artefact(TrainedRun)
 
 
 def _model_code_version() -> str:
