@@ -78,8 +78,42 @@ def cmd_export_embeddings(args) -> int:
     store = _store()
     run = artefacts.load_artefact(store, "two_tower_model", run_id=args.run_id)
     outcome = publishing.export_run(store, run)
+    if outcome["recovered"]:
+        print(outcome["recovered"])
     print(f"run {run.run_id}: {outcome['users']} user and {outcome['items']} item embeddings published to "
-          f"{publishing.USER_EMBEDDINGS} and {publishing.ITEM_EMBEDDINGS}")
+          f"{publishing.USER_EMBEDDINGS} and {publishing.ITEM_EMBEDDINGS} (previous: {outcome['previous_run_id']})")
+    return 0
+
+
+def cmd_rollback_embeddings(args) -> int:
+    from twotower_pipeline import publishing
+    from twotower_pipeline.store.embeddings import Publisher
+
+    outcome = Publisher(_store(), publishing.DATABASE).rollback()
+    if outcome["recovered"]:
+        print(outcome["recovered"])
+    print(f"rolled back: the runtime serves run {outcome['run_id']} again ({outcome['users']} users, "
+          f"{outcome['items']} offers, verified); run {outcome['previous_run_id']} is the previous one")
+    return 0
+
+
+def cmd_embeddings_status(args) -> int:
+    from twotower_pipeline import publishing
+    from twotower_pipeline.store.embeddings import Publisher
+
+    publisher = Publisher(_store(), publishing.DATABASE)
+    if args.recover:
+        print(publisher.recover() or "nothing to recover")
+    journal = publisher.status()
+    print(f"state {journal.get('state')}: live run {journal.get('live_run_id')}, previous run "
+          f"{journal.get('previous_run_id')}, published at {journal.get('published_at')}")
+    if journal.get("state") == "publishing":
+        print(f"a publish of {journal.get('target_run_id')} was interrupted: run with --recover to finish or undo it")
+        return 1
+    if journal.get("live_run_id"):
+        problems = publisher.verify().problems()
+        print("live pair verified" if not problems else "live pair FAILS verification: " + "; ".join(problems))
+        return 1 if problems else 0
     return 0
 
 
@@ -111,13 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--run-id", required=True, help="the run to publish (see ecosystem_meta.two_tower_runs)")
     export.set_defaults(handler=cmd_export_embeddings)
 
+    rollback = commands.add_parser("rollback-embeddings",
+                                   help="put the previously published run back live, both towers together")
+    rollback.set_defaults(handler=cmd_rollback_embeddings)
+
+    status = commands.add_parser("embeddings-status", help="which run the runtime serves, verified")
+    status.add_argument("--recover", action="store_true", help="finish or undo an interrupted publish first")
+    status.set_defaults(handler=cmd_embeddings_status)
+
     demo = commands.add_parser("demo", help="load sample logs and materialise every asset")
     demo.set_defaults(handler=cmd_demo)
 
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, LookupError, FileNotFoundError, RuntimeError, PyMongoError) as error:
+    except (ValueError, LookupError, OSError, RuntimeError, PyMongoError) as error:
         print(f"twotower {args.command}: {redact_text(str(error), os.environ.get('MONGODB_URI'))}", file=sys.stderr)
         return 2
 

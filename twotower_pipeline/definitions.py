@@ -11,6 +11,7 @@ from twotower_pipeline.defs.jobs import (
     training_frame_job,
 )
 from twotower_pipeline.defs.resources import mongo_from_environment
+from twotower_pipeline.defs.run_health import orphaned_runs_sensor
 
 
 def build_resources(mongo=None) -> dict:
@@ -27,5 +28,6 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules([runtime_logs, training_data, training]),
     jobs=[flatten_runtime_logs_job, training_frame_job, train_two_tower_job],
     schedules=[daily_flatten_schedule],
+    sensors=[orphaned_runs_sensor],
     resources=build_resources(),
 )

@@ -8,6 +8,7 @@ import time
 import dagster as dg
 
 from twotower_pipeline.definitions import defs
+from twotower_pipeline.defs.run_health import fail_orphaned_runs, in_process_tags
 from twotower_pipeline.ingest import datasets
 from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
 from twotower_pipeline.store.embedded import EmbeddedMongo
@@ -56,7 +57,8 @@ def day_range(store, predictor: str) -> tuple[str, str]:
 def run_demo() -> int:
     started = time.monotonic()
     resources = defs.resources
-    mongo = resources["mongo"]
+    # resolve dg.EnvVar("MONGODB_URI") as a run would; the URI itself is never printed
+    mongo = resources["mongo"].process_config_and_initialize()
     store = mongo.store()
     if not mongo.uri:
         print(f"embedded MongoDB at {store.describe()}, data in {EmbeddedMongo(mongo.embedded_dir).data_dir}")
@@ -66,13 +68,15 @@ def run_demo() -> int:
     first, last = day_range(store, predictor)
 
     instance = dg.DagsterInstance.get()
+    for run_id in fail_orphaned_runs(instance):
+        print(f"run {run_id} was left started by a killed process: marked failed")
     assets = list(defs.assets)
 
     def materialize(selection, ops_config=None, tags=None) -> dg.ExecuteInProcessResult:
         # INFO, not DEBUG, on the console: progress lines (epochs, counts) without the event stream
         run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": ops_config or {}}
         return dg.materialize(assets, instance=instance, resources=resources, selection=selection,
-                              run_config=run_config, tags=tags)
+                              run_config=run_config, tags={**in_process_tags(), **(tags or {})})
 
     flatten = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
     print(f"materialising ecosystemruntime_flatten for {first}..{last} as one run")

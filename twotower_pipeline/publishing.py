@@ -1,5 +1,6 @@
-"""Embedding export: every customer and every offer embedded with one run's towers, checked,
-then published to the collections the runtime reads (SPEC §5). Used by the assets and the CLI."""
+"""Embedding export: every customer and every offer embedded with one run's towers, checked, kept
+as the run's own vectors, then published as a pair to the collections the runtime reads (SPEC §5,
+`store.embeddings`). Used by the assets and the CLI."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.runs import TrainedRun
 from twotower_pipeline.store import embeddings, frames, names
 from twotower_pipeline.store.client import MongoStore
+from twotower_pipeline.store.slices import SlicedCollection
 
-USER_EMBEDDINGS = f"{names.FLATTEN.partition('.')[0]}.{names.USER_EMBEDDINGS}"
-ITEM_EMBEDDINGS = f"{names.FLATTEN.partition('.')[0]}.{names.ITEM_EMBEDDINGS}"
-NORM_TOLERANCE = 1e-4
+#: The embedding collections live in the training source database (the run document's `database`).
+DATABASE = names.FLATTEN.partition(".")[0]
+USER_EMBEDDINGS = f"{DATABASE}.{names.USER_EMBEDDINGS}"
+ITEM_EMBEDDINGS = f"{DATABASE}.{names.ITEM_EMBEDDINGS}"
+NORM_TOLERANCE = embeddings.NORM_TOLERANCE
 #: Stands in for the other tower's key when one side is embedded on its own (it is never encoded).
 NO_KEY = "__export__"
 
@@ -71,14 +75,15 @@ def item_embedding_set(run: TrainedRun, offer_matrix: pd.DataFrame, training_fra
     return EmbeddingSet("offer", keys, vectors, {"offer_matrix": len(known), "training_window": len(seen)})
 
 
-def publish(store: MongoStore, location: str, run: TrainedRun, embedding_set: EmbeddingSet) -> dict:
-    """Check, then swap the live collection to this run's vectors; refuse to publish bad vectors."""
+def keep_run_vectors(publisher: embeddings.Publisher, run: TrainedRun, embedding_set: EmbeddingSet,
+                     owner: dict | None = None) -> int:
+    """Check one tower's vectors and keep them as the run's own (not yet what the runtime reads)."""
     problems = embedding_set.problems(run.model.embedding_dim)
     if problems:
-        raise ValueError(f"not publishing {location} for run {run.run_id}: " + "; ".join(problems))
-    return embeddings.publish_embeddings(
-        store, location, embedding_set.key_field, run.run_id, embedding_set.keys, embedding_set.vectors
-    )
+        raise ValueError(f"not keeping the {embedding_set.key_field} vectors of run {run.run_id}: "
+                         + "; ".join(problems))
+    tower = "user" if embedding_set.key_field == "customer_id" else "item"
+    return publisher.write_run(tower, run.run_id, embedding_set.keys, embedding_set.vectors, owner=owner)
 
 
 def save_run_document(store: MongoStore, run: TrainedRun) -> None:
@@ -89,10 +94,11 @@ def save_run_document(store: MongoStore, run: TrainedRun) -> None:
 
 
 def export_run(store: MongoStore, run: TrainedRun) -> dict:
-    """Export both embedding collections for a stored run (the CLI's path, outside Dagster)."""
-    training_frame = frames.read_frame(store.collection(names.TRAINING_FRAME), columns=["customer_id", "offer"])
+    """Embed every customer and offer with a stored run and publish the pair (the CLI's path)."""
+    training_frame = SlicedCollection(store, names.TRAINING_FRAME).read(columns=["customer_id", "offer"])
     customers = frames.read_frame(store.collection(names.CUSTOMER_FEATURES))
     offers = frames.read_frame(store.collection(names.OFFER_MATRIX))
-    users = publish(store, USER_EMBEDDINGS, run, user_embedding_set(run, customers, training_frame))
-    items = publish(store, ITEM_EMBEDDINGS, run, item_embedding_set(run, offers, training_frame))
-    return {"users": users["written"], "items": items["written"]}
+    publisher = embeddings.Publisher(store, DATABASE)
+    keep_run_vectors(publisher, run, user_embedding_set(run, customers, training_frame))
+    keep_run_vectors(publisher, run, item_embedding_set(run, offers, training_frame))
+    return publisher.publish(run.run_id)

@@ -8,7 +8,8 @@ import pytest
 
 from twotower_pipeline.definitions import build_resources, defs
 from twotower_pipeline.defs.assets.training_data import TrainingFrameConfig
-from twotower_pipeline.store import frames, names
+from twotower_pipeline.store import names
+from twotower_pipeline.store.slices import SlicedCollection
 from twotower_pipeline_tests.runtime_docs import DAY, presented, response
 
 FLATTEN = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
@@ -69,7 +70,7 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     # 2 of 10 items rejected > 5%: the blocking check fails the run, after the good rows and the
     # quarantine are written, so nothing downstream runs on the slice
     assert not result.success
-    flat = frames.read_frame(store.collection(names.FLATTEN)).sort_values(["uuid", "offer"])
+    flat = SlicedCollection(store, names.FLATTEN).read().sort_values(["uuid", "offer"])
     assert list(zip(flat["uuid"], flat["offer"], flat["accepted"])) == [
         ("r1", "a", 0),
         ("r1", "b", 1),
@@ -80,7 +81,7 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
         ("r3", "c", 0),
         ("r4", "a", 0),
     ]
-    quarantine = frames.read_frame(store.collection(names.FLATTEN_QUARANTINE))
+    quarantine = SlicedCollection(store, names.FLATTEN_QUARANTINE).read()
     assert sorted(quarantine["reason"]) == ["missing_customer", "orphan_response"]
     # the runtime's collections were seeded without indexes; the flatten reads them by date
     assert {"date_log_1", "uuid_1"} <= set(store.collection(names.PRESENTED).index_information())
@@ -99,9 +100,9 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     # re-materialising one day rewrites it and leaves the other alone
     store.collection(names.RESPONSES).insert_one(response("r2", accepted=("b",)))
     _flatten(mongo, partition_key="2024-03-05", raise_on_error=False)
-    flat = frames.read_frame(store.collection(names.FLATTEN))
+    flat = SlicedCollection(store, names.FLATTEN).read()
     assert len(flat) == 8 and int(flat["accepted"].sum()) == 4
-    assert len(frames.read_frame(store.collection(names.FLATTEN_QUARANTINE))) == 2
+    assert len(SlicedCollection(store, names.FLATTEN_QUARANTINE).read()) == 2
 
 
 def test_rejected_share_threshold_is_configurable(mongo, store):
@@ -127,7 +128,7 @@ def test_training_frame_joins_features_and_fills_gaps(mongo, store):
     assert _flatten(mongo, tags=RANGE, run_config=LENIENT).success
     result = _training_frame(mongo, predictor="p1", min_accepted_rows=1)
     assert result.success
-    frame = frames.read_frame(store.collection(names.TRAINING_FRAME)).sort_values(["customer_id", "offer"])
+    frame = SlicedCollection(store, names.TRAINING_FRAME).read().sort_values(["customer_id", "offer"])
     assert set(frame["customer_id"]) == {"c1", "c2"}  # predictor "other" is not in this slice
     c2 = frame[frame["customer_id"] == "c2"]
     assert c2["age"].tolist() == [30.0, 30.0]  # missing numeric -> the column's median
@@ -140,7 +141,7 @@ def test_training_frame_joins_features_and_fills_gaps(mongo, store):
     assert all(e.passed for e in result.get_asset_check_evaluations())
     # a window keeps only its days
     assert _training_frame(mongo, predictor="p1", from_date="2024-03-06", min_accepted_rows=1).success
-    assert set(frames.read_frame(store.collection(names.TRAINING_FRAME))["uuid"]) == {"r3"}
+    assert set(SlicedCollection(store, names.TRAINING_FRAME).read()["uuid"]) == {"r3"}
 
 
 def test_training_frame_checks_block_a_frame_with_too_few_accepts(mongo, store):
@@ -186,9 +187,9 @@ def test_movielens_logs_flatten_to_every_rating(mongo, store, shared_data):
         tags={"dagster/asset_partition_range_start": "1997-09-20", "dagster/asset_partition_range_end": "1998-04-22"},
     )
     assert result.success
-    flat = frames.read_frame(store.collection(names.FLATTEN), columns=["customer_id", "offer", "accepted"])
+    flat = SlicedCollection(store, names.FLATTEN).read(columns=["customer_id", "offer", "accepted"])
     ratings = pd.read_csv(shared_data / "ml-100k" / "u.data", sep="\t", names=["u", "i", "r", "t"])
     assert len(flat) == len(ratings) == 100_000
     expected = {(str(u), f"movie_{i}"): int(r >= 4) for u, i, r in zip(ratings["u"], ratings["i"], ratings["r"])}
     assert dict(zip(zip(flat["customer_id"], flat["offer"]), flat["accepted"])) == expected
-    assert frames.read_frame(store.collection(names.FLATTEN_QUARANTINE)).empty
+    assert SlicedCollection(store, names.FLATTEN_QUARANTINE).read().empty

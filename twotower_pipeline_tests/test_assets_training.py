@@ -37,11 +37,19 @@ def trained_slice(mongo, store):
     return resources, traffic
 
 
+TRAIN_AND_PUBLISH = ["two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"]
+
+
 def _train_and_export(resources, run_id, **config):
     return dg.materialize(
-        ASSETS, resources=resources, selection=["two_tower_model", "user_embeddings", "item_embeddings"],
+        ASSETS, resources=resources, selection=TRAIN_AND_PUBLISH,
         run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": run_id, **config}}}},
     )
+
+
+def _live_runs(store) -> dict:
+    return {name: {d["run_id"] for d in store.collection(location).find({}, {"run_id": 1})}
+            for name, location in (("users", publishing.USER_EMBEDDINGS), ("items", publishing.ITEM_EMBEDDINGS))}
 
 
 def test_training_writes_the_run_document_and_both_embedding_collections(trained_slice, store):
@@ -66,19 +74,37 @@ def test_training_writes_the_run_document_and_both_embedding_collections(trained
     assert {u["run_id"] for u in users} == {"run_a"}
     assert store.collection(publishing.USER_EMBEDDINGS).index_information()["customer_id_1"]["unique"]
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-    assert len(checks) == 6 and all(checks.values())
+    assert len(checks) == 10 and all(checks.values())
+    # the run's own vectors are kept beside the live ones, for rollback
+    kept = embeddings.Publisher(store).run_counts("run_a")
+    assert kept == {"user": len(users), "item": len(items)}
+    published = result.asset_materializations_for_node("runtime_embeddings")[0].metadata
+    assert published["run_id"].value == "run_a" and published["previous_run_id"].value == "none"
 
 
-def test_a_retrain_swaps_whole_runs_keeps_the_previous_and_rolls_back(trained_slice, store):
+def test_a_retrain_swaps_whole_runs_keeps_the_previous_and_rolls_back_both(
+    trained_slice, store, mongo_uri, database_prefix, monkeypatch, capsys
+):
     resources, _ = trained_slice
     assert _train_and_export(resources, "run_a").success
     assert _train_and_export(resources, "run_b", seed=3).success
-    assert embeddings.live_run_id(store, publishing.USER_EMBEDDINGS) == "run_b"
-    assert embeddings.rollback_embeddings(store, publishing.USER_EMBEDDINGS) == "run_a"
-    assert {d["run_id"] for d in store.collection(publishing.USER_EMBEDDINGS).find({}, {"run_id": 1})} == {"run_a"}
+    publisher = embeddings.Publisher(store)
+    assert publisher.status()["live_run_id"] == "run_b" and publisher.status()["previous_run_id"] == "run_a"
+    assert _live_runs(store) == {"users": {"run_b"}, "items": {"run_b"}}
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    monkeypatch.setenv("TWOTOWER_DATABASE_PREFIX", database_prefix)
+    assert cli_main(["rollback-embeddings"]) == 0
+    assert "serves run run_a again" in capsys.readouterr().out
+    assert _live_runs(store) == {"users": {"run_a"}, "items": {"run_a"}}
+    assert publisher.status()["previous_run_id"] == "run_b"
+    assert publisher.verify().problems() == []
+    assert cli_main(["embeddings-status"]) == 0
+    assert "live run run_a" in capsys.readouterr().out
+    # the sources it restores from are the runs' own collections, untouched by either publish
+    assert publisher.run_counts("run_b") == publisher.run_counts("run_a")
 
 
-def test_a_reader_during_export_sees_one_run_and_a_crash_leaves_the_live_collection(trained_slice, store, monkeypatch):
+def test_a_reader_during_publish_sees_one_run_and_a_failed_swap_is_rolled_forward(trained_slice, store, monkeypatch):
     resources, _ = trained_slice
     assert _train_and_export(resources, "run_a").success
     live = store.collection(publishing.ITEM_EMBEDDINGS)
@@ -99,17 +125,26 @@ def test_a_reader_during_export_sees_one_run_and_a_crash_leaves_the_live_collect
     assert seen and all(len(runs) == 1 for runs in seen)
     assert {"run_b"} in seen
 
-    # killed at the last moment, before the swap: the live collection keeps serving run_b
+    # the swap fails at its last moment, before the first rename: the runtime keeps serving run_b
+    rename = pymongo.collection.Collection.rename
+
     def killed(self, *args, **kwargs):
-        raise RuntimeError("killed during export")
+        raise RuntimeError("killed during publish")
 
     monkeypatch.setattr(pymongo.collection.Collection, "rename", killed)
     failed = dg.materialize(
-        ASSETS, resources=resources, selection=["two_tower_model", "item_embeddings"], raise_on_error=False,
+        ASSETS, resources=resources, selection=TRAIN_AND_PUBLISH, raise_on_error=False,
         run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": "run_c"}}}},
     )
     assert not failed.success
-    assert {d["run_id"] for d in live.find({}, {"run_id": 1})} == {"run_b"}
+    assert _live_runs(store) == {"users": {"run_b"}, "items": {"run_b"}}
+    publisher = embeddings.Publisher(store)
+    assert publisher.status()["state"] == "publishing" and publisher.status()["target_run_id"] == "run_c"
+    # the next publisher finishes what the journal says was started: run_c's sources are whole
+    monkeypatch.setattr(pymongo.collection.Collection, "rename", rename)
+    assert publisher.recover() == "an interrupted publish of run_c was rolled forward to run_c"
+    assert _live_runs(store) == {"users": {"run_c"}, "items": {"run_c"}}
+    assert publisher.status()["previous_run_id"] == "run_b"
     assert [n for n in store.database("logging").list_collection_names() if "__staging_" in n] == []
 
 
@@ -118,6 +153,19 @@ def test_bad_training_parameters_are_refused_with_their_range():
         TwoTowerConfig(embedding_dim=512)
     with pytest.raises(Exception, match="epochs"):
         TwoTowerConfig(epochs=2.5)
+    with pytest.raises(Exception, match="run_id"):
+        TwoTowerConfig(run_id="a/b")
+
+
+@pytest.mark.parametrize("bad, message", [({"embedding_dim": 0}, "embedding_dim=0 is out of range; allowed 4..256"),
+                                          ({"epochs": -1}, "epochs=-1 is out of range")])
+def test_the_training_job_refuses_bad_parameters_before_any_run_exists(bad, message):
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("train_two_tower")
+    with pytest.raises(dg.DagsterConfigMappingFunctionError) as refused:
+        instance.create_run_for_job(job, run_config=bad)
+    assert message in str(refused.value.__cause__)
+    assert instance.get_runs() == []
 
 
 def test_export_cli_publishes_a_stored_run(trained_slice, store, mongo_uri, database_prefix, monkeypatch, capsys):
@@ -127,7 +175,7 @@ def test_export_cli_publishes_a_stored_run(trained_slice, store, mongo_uri, data
     monkeypatch.setenv("MONGODB_URI", mongo_uri)
     monkeypatch.setenv("TWOTOWER_DATABASE_PREFIX", database_prefix)
     assert cli_main(["export-embeddings", "--run-id", "run_a"]) == 0
-    assert embeddings.live_run_id(store, publishing.ITEM_EMBEDDINGS) == "run_a"
+    assert _live_runs(store) == {"users": {"run_a"}, "items": {"run_a"}}
     assert cli_main(["export-embeddings", "--run-id", "nope"]) == 2
     assert "no artefact named 'two_tower_model' with run_id='nope'" in capsys.readouterr().err
 

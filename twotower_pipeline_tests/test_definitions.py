@@ -22,6 +22,10 @@ EXPECTED_ASSETS = {
         "daily",
         ["logging/ecosystemruntime", "logging/ecosystemruntime_response"],
     ),
+    "logging/ecosystemruntime_flatten_undated": (
+        None,
+        ["logging/ecosystemruntime", "logging/ecosystemruntime_response"],
+    ),
     "training_frame": (
         None,
         ["logging/ecosystemruntime_flatten", "recommender_demos/customer_features", "recommender_demos/offer_matrix"],
@@ -29,6 +33,7 @@ EXPECTED_ASSETS = {
     "two_tower_model": (None, ["training_frame"]),
     "user_embeddings": (None, ["recommender_demos/customer_features", "training_frame", "two_tower_model"]),
     "item_embeddings": (None, ["recommender_demos/offer_matrix", "training_frame", "two_tower_model"]),
+    "runtime_embeddings": (None, ["item_embeddings", "two_tower_model", "user_embeddings"]),
 }
 EXPECTED_CHECKS = {
     "logging/ecosystemruntime_flatten": {
@@ -37,9 +42,13 @@ EXPECTED_CHECKS = {
         "accept_rate_between_0_and_1",
         "rejected_share_below_threshold",
     },
-    "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows"},
+    "logging/ecosystemruntime_flatten_undated": {"no_undated_documents"},
+    "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows",
+                       "unique_exposures"},
     "user_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
     "item_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
+    "runtime_embeddings": {"same_run_in_both", "counts_match_run", "unit_vectors_of_embedding_dim",
+                           "one_vector_per_key"},
 }
 
 
@@ -66,7 +75,10 @@ def test_jobs_and_schedules_are_defined():
     assert defs.resolve_job_def("flatten_runtime_logs").partitions_def is not None
     assert defs.resolve_job_def("build_training_frame") is not None
     assert {n.name for n in defs.resolve_job_def("train_two_tower").nodes} == {
-        "two_tower_model", "user_embeddings", "item_embeddings"}
+        "two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"}
+    assert {n.name for n in defs.resolve_job_def("flatten_runtime_logs").nodes} == {
+        "ecosystemruntime_flatten", "ecosystemruntime_flatten_undated"}
+    assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     schedule = defs.resolve_schedule_def("flatten_runtime_logs_schedule")
     assert schedule.cron_schedule == "30 0 * * *"
 

@@ -1,6 +1,7 @@
 """The MongoDB IO managers against the real server: slice rewrites, ranges, load-all, artefacts."""
 
 import datetime as dt
+import os
 
 import dagster as dg
 import numpy as np
@@ -8,7 +9,8 @@ import pandas as pd
 import pytest
 
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
-from twotower_pipeline.store import artefacts, frames
+from twotower_pipeline.store import artefacts, slices
+from twotower_pipeline.store.slices import SlicedCollection
 
 DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-10")
 RANGE_TAGS = {"dagster/asset_partition_range_start": "2024-01-02", "dagster/asset_partition_range_end": "2024-01-04"}
@@ -53,7 +55,7 @@ def _materialize(mongo, assets, **kwargs):
 
 
 def _stored(store, name="events") -> pd.DataFrame:
-    return frames.read_frame(store.collection(f"testdb.{name}")).sort_values(["day", "n"]).reset_index(drop=True)
+    return SlicedCollection(store, f"testdb.{name}").read().sort_values(["day", "n"]).reset_index(drop=True)
 
 
 def test_rewriting_a_partition_replaces_only_that_slice(mongo, store):
@@ -67,7 +69,7 @@ def test_rewriting_a_partition_replaces_only_that_slice(mongo, store):
     assert len(stored) == 6
     by_day = stored.groupby(stored["day"].dt.strftime("%Y-%m-%d"))["version"].agg(set).to_dict()
     assert by_day == {"2024-01-02": {"v1"}, "2024-01-03": {"v2"}}
-    assert "day_1" in store.collection("testdb.events").index_information()
+    assert "_write_id_1" in store.collection("testdb.events").index_information()  # slices are found by it
 
 
 def test_a_range_is_written_in_one_run_and_loaded_whole_downstream(mongo, store):
@@ -76,7 +78,7 @@ def test_a_range_is_written_in_one_run_and_loaded_whole_downstream(mongo, store)
     assert sorted(_stored(store)["day"].dt.day.unique()) == [2, 3, 4]
     # an unpartitioned asset downstream loads every partition
     assert _materialize(mongo, _partitioned_assets("v1"), selection=["testdb/summary"]).success
-    summary = frames.read_frame(store.collection("testdb.summary"))
+    summary = SlicedCollection(store, "testdb.summary").read()
     assert summary.to_dict("records") == [{"version": "v1", "rows": 9}]
     # a partitioned asset downstream loads just its own slice
     assert _materialize(
@@ -97,21 +99,55 @@ def test_rows_outside_the_partition_are_refused_and_nothing_is_written(mongo, st
     assert set(_stored(store)["version"]) == {"v1"}
 
 
+DAY_2 = ["2024-01-02"]
+
+
+def _day_frame(version: str, rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * rows, utc=True), "v": [version] * rows})
+
+
 def test_a_failed_write_leaves_the_previous_slice_whole(store, monkeypatch):
-    collection = store.collection("testdb.events")
-    day = {
-        "day": {
-            "$gte": dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
-            "$lt": dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc),
-        }
-    }
-    old = pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * 3, utc=True), "v": ["old"] * 3})
-    frames.replace_slice(collection, old, day)
-    monkeypatch.setattr(frames, "INSERT_BATCH", 2)
-    new = pd.DataFrame({"day": pd.to_datetime(["2024-01-02"] * 5, utc=True), "v": ["new"] * 4 + [object()]})
+    sliced = SlicedCollection(store, "testdb.events")
+    sliced.write(_day_frame("old", 3), DAY_2)
+    monkeypatch.setattr(slices, "INSERT_BATCH", 2)
+    new = _day_frame("new", 5).astype({"v": object})
+    new.loc[4, "v"] = object()  # not encodable: the third insert batch fails
     with pytest.raises(Exception):
-        frames.replace_slice(collection, new, day)
-    assert sorted(d["v"] for d in collection.find({}, {"v": 1})) == ["old"] * 3
+        sliced.write(new, DAY_2)
+    assert sorted(sliced.read()["v"]) == ["old"] * 3
+    assert store.collection("testdb.events").count_documents({}) == 3  # the failed write removed its rows
+    assert sliced.record()["leases"] == {}  # and let go of the slice
+
+
+def test_rows_of_an_uncommitted_write_are_invisible_and_cleaned_by_the_next_commit(store):
+    sliced = SlicedCollection(store, "testdb.events")
+    sliced.write(_day_frame("v1", 3), DAY_2)
+    # what a write killed before its commit leaves behind: rows tagged with a write id never committed
+    leftovers = [{"day": dt.datetime(2024, 1, 2, 5, tzinfo=dt.timezone.utc), "v": "killed",
+                  slices.WRITE_ID_FIELD: "dead.0"} for _ in range(4)]
+    store.collection("testdb.events").insert_many(leftovers)
+    store.collection(slices.COMMITS).update_one({"_id": "testdb.events"}, {"$set": {"pending.dead": {
+        "write_ids": ["dead.0"], "keys": ["2024-01-02"], "owner": {"host": "elsewhere", "pid": 1}}}})
+    assert sorted(sliced.read()["v"]) == ["v1"] * 3
+    assert sliced.count() == 3
+    sliced.write(_day_frame("v2", 2), DAY_2)
+    assert sorted(sliced.read()["v"]) == ["v2"] * 2
+    assert store.collection("testdb.events").count_documents({}) == 2
+    committed = sliced.record()["slices"]["2024-01-02"]
+    assert committed["rows"] == 2 and committed["owner"]["pid"] == os.getpid()
+
+
+def test_a_collection_no_commit_wrote_is_read_as_it_is(store):
+    store.collection("testdb.foreign").insert_many([{"a": 1}, {"a": 2}])
+    assert sorted(SlicedCollection(store, "testdb.foreign").read()["a"]) == [1, 2]
+
+
+def test_slice_keys_that_are_not_field_names_are_encoded(store):
+    odd = ["a.b $c"]
+    sliced = SlicedCollection(store, "testdb.static")
+    sliced.write(pd.DataFrame({"k": ["a.b $c"] * 2}), odd)
+    assert sliced.committed_write_ids() == {"a.b $c": sliced.record()["slices"]["a%2Eb%20%24c"]["write_id"]}
+    assert len(sliced.read()) == 2
 
 
 def test_missing_partition_field_metadata_is_a_clear_error(mongo):
@@ -123,7 +159,7 @@ def test_missing_partition_field_metadata_is_a_clear_error(mongo):
         _materialize(mongo, [nofield], partition_key="2024-01-02")
 
 
-def test_unpartitioned_rewrite_swaps_the_collection_whole(mongo, store):
+def test_unpartitioned_rewrite_replaces_the_collection_whole(mongo, store):
     def table(rows):
         @dg.asset(key=["testdb", "table"], io_manager_key="frames", metadata={"mongo_indexes": [["k"]]})
         def table_asset() -> pd.DataFrame:
@@ -140,11 +176,11 @@ def test_unpartitioned_rewrite_swaps_the_collection_whole(mongo, store):
 
     assert _materialize(mongo, [table(5)]).success
     assert _materialize(mongo, [table(3)]).success
-    stored = frames.read_frame(store.collection("testdb.table"))
+    stored = SlicedCollection(store, "testdb.table").read()
     assert len(stored) == 3 and stored["tags"].tolist() == [["a"]] * 3
     assert str(stored["when"].dt.tz) == "UTC"
     assert "k_1" in store.collection("testdb.table").index_information()
-    assert [n for n in store.database("testdb").list_collection_names() if "staging" in n] == []
+    assert store.collection("testdb.table").count_documents({}) == 3  # the replaced rows are gone
 
 
 @artefacts.register_artefact
@@ -194,13 +230,9 @@ def test_unregistered_objects_are_not_stored(mongo):
         dg.materialize([not_an_artefact], resources={"artefacts": GridFSArtefactIOManager(mongo=mongo)})
 
 
-def test_time_ordered_ids_make_the_id_index_serve_day_slices(mongo, store):
-    @dg.asset(
-        key=["testdb", "timed"],
-        partitions_def=DAYS,
-        io_manager_key="frames",
-        metadata={"partition_expr": "when", "mongo_time_ordered_ids": True},
-    )
+def test_a_day_is_read_by_its_write_id_and_rewrites_leave_no_old_rows(mongo, store):
+    @dg.asset(key=["testdb", "timed"], partitions_def=DAYS, io_manager_key="frames",
+              metadata={"partition_expr": "when"})
     def timed(context: dg.AssetExecutionContext) -> pd.DataFrame:
         start = pd.Timestamp(context.partition_time_window.start)
         edges = [start, start + pd.Timedelta(hours=23, minutes=59, seconds=59, milliseconds=900)]
@@ -215,15 +247,7 @@ def test_time_ordered_ids_make_the_id_index_serve_day_slices(mongo, store):
     for day in ("2024-01-02", "2024-01-03", "2024-01-02"):
         assert _materialize(mongo, [timed], partition_key=day).success
     collection = store.collection("testdb.timed")
-    documents = list(collection.find())
-    assert sorted(d["day"] for d in documents) == ["2024-01-02", "2024-01-02", "2024-01-03", "2024-01-03"]
-    for document in documents:  # the id's leading bytes are the row's time, to the second
-        assert document["_id"].generation_time == document["when"].replace(microsecond=0)
-    assert list(collection.index_information()) == ["_id_"]
+    assert sorted(d["day"] for d in collection.find()) == ["2024-01-02", "2024-01-02", "2024-01-03", "2024-01-03"]
+    assert "_write_id_1" in collection.index_information()
     assert _materialize(mongo, [timed, timed_copy], partition_key="2024-01-03", selection=["testdb/timed_copy"]).success
-    assert set(frames.read_frame(store.collection("testdb.timed_copy"))["day"]) == {"2024-01-03"}
-
-
-def test_time_ordered_ids_refuse_times_they_cannot_carry():
-    with pytest.raises(ValueError, match="1970-01-01..2106"):
-        frames.time_ordered_ids(pd.Series(pd.to_datetime(["1969-12-31"], utc=True)))
+    assert set(SlicedCollection(store, "testdb.timed_copy").read()["day"]) == {"2024-01-03"}

@@ -2,15 +2,17 @@
 
 import dagster as dg
 
-from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten
+from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten, ecosystemruntime_flatten_undated
+from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.defs.assets.training_data import training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
 
 flatten_runtime_logs_job = dg.define_asset_job(
     "flatten_runtime_logs",
-    selection=dg.AssetSelection.assets(ecosystemruntime_flatten),
+    selection=dg.AssetSelection.assets(ecosystemruntime_flatten, ecosystemruntime_flatten_undated),
     partitions_def=daily_partitions,
-    description="Flatten the runtime logs of the selected days (a range runs as one run).",
+    description="Flatten the runtime logs of the selected days (a range runs as one run), and set aside "
+    "the documents no day can hold (no readable date_log).",
 )
 
 training_frame_job = dg.define_asset_job(
@@ -28,8 +30,20 @@ daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
+
+@dg.config_mapping
+def training_parameters(config: TwoTowerConfig) -> dg.RunConfig:
+    """The launchpad's training parameters, checked when the run is launched: a value out of range
+    is refused with its allowed range before any run exists (an asset's own config is checked only
+    once its step starts)."""
+    return dg.RunConfig(ops={"two_tower_model": config})
+
+
 train_two_tower_job = dg.define_asset_job(
     "train_two_tower",
-    selection=dg.AssetSelection.assets("two_tower_model", "user_embeddings", "item_embeddings"),
-    description="Train the towers on the current training frame and publish both embedding collections.",
+    selection=dg.AssetSelection.assets("two_tower_model", "user_embeddings", "item_embeddings",
+                                       "runtime_embeddings"),
+    config=training_parameters,
+    description="Train the towers on the current training frame, keep both towers' vectors and publish "
+    "them to the runtime's collections as one unit.",
 )

@@ -33,7 +33,10 @@ EXPOSURE_COLUMNS = (
     "score",
     "datetime",
 )
-QUARANTINE_COLUMNS = ("uuid", "predictor", "source", "reason", "detail", "datetime", "document")
+#: One quarantine row per bad document and reason; `items` counts the offers or responses set
+#: aside for it, and the raw document is stored once, on the document's first row.
+QUARANTINE_COLUMNS = ("uuid", "predictor", "source", "reason", "items", "detail", "datetime", "document")
+MAX_DETAILS = 5
 
 #: Why a document or exposure was set aside; every reason is counted, zero or not.
 REASONS = (
@@ -53,7 +56,9 @@ REASONS = (
     "orphan_response",
     "accepted_not_shown",
 )
-UUID_LOOKUP_BATCH = 100  # large $in lists are slow on some servers; 100 keeps each lookup cheap
+UUID_LOOKUP_BATCH = 50  # large $in lists are slow on some servers (measured: 50 per lookup is cheapest)
+#: Scanning a document costs about a quarter of looking one uuid up (measured on the embedded server).
+SCAN_PER_UUID = 4
 
 
 @dataclasses.dataclass
@@ -145,7 +150,7 @@ def _accepted_offers(response: dict) -> list[str] | None:
     return keys
 
 
-def _document_copy(doc: dict) -> str:
+def document_copy(doc: dict) -> str:
     """The raw document as JSON text, so any shape can be stored and read back for inspection."""
     return json.dumps(doc, default=str, sort_keys=True)
 
@@ -155,30 +160,45 @@ def flatten_runtime_logs(
     responses: Iterable[dict],
     window: tuple[dt.datetime, dt.datetime],
     orphan_responses: Iterable[dict] = (),
+    naive_responses: Iterable[dict] = (),
+    earlier_uuids: dict[str, dt.datetime] | None = None,
 ) -> FlattenResult:
     """Flatten the presented documents of `[start, end)` and join their responses.
 
     `responses` are all responses for those documents' uuids (whenever they arrived);
-    `orphan_responses` are responses logged in the window whose uuid has no presented document.
+    `orphan_responses` are responses logged in the window whose uuid has no presented document;
+    `naive_responses` are responses of the window whose date has no timezone; `earlier_uuids`
+    maps uuids that were first presented before the window to that first date.
     """
     start, end = window
-    counts: Counter = Counter()
+    earlier_uuids = earlier_uuids or {}
+    counts: Counter = Counter({"presented": 0, "responses": 0})
     rows: dict[str, list] = {c: [] for c in EXPOSURE_COLUMNS}
     quarantine: list[dict] = []
+    rows_by_reason: dict[tuple[int, str], dict] = {}
+    stored: set[int] = set()
 
     def reject(doc, reason, detail, source="presented", when=None, request_id=None):
         counts[f"rejected_{reason}"] += 1
-        quarantine.append(
-            {
-                "uuid": request_id if request_id is not None else (str(doc.get("uuid")) if doc.get("uuid") else None),
-                "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
-                "source": source,
-                "reason": reason,
-                "detail": detail,
-                "datetime": when if when is not None else start,
-                "document": _document_copy(doc),
-            }
-        )
+        row = rows_by_reason.get((id(doc), reason))
+        if row is not None:  # another offer of the same document, set aside for the same reason
+            row["items"] += 1
+            if row["items"] <= MAX_DETAILS:
+                row["detail"] += f"; {detail}"
+            return
+        row = {
+            "uuid": request_id if request_id is not None else (str(doc.get("uuid")) if doc.get("uuid") else None),
+            "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
+            "source": source,
+            "reason": reason,
+            "items": 1,
+            "detail": detail,
+            "datetime": when if when is not None else start,
+            "document": None if id(doc) in stored else document_copy(doc),
+        }
+        stored.add(id(doc))
+        rows_by_reason[(id(doc), reason)] = row
+        quarantine.append(row)
 
     response_docs: dict[str, list[dict]] = {}
     for response in responses:
@@ -206,6 +226,10 @@ def flatten_runtime_logs(
             reject(doc, "missing_uuid", "document has no uuid", when=when)
             continue
         request_id = str(request_id)
+        if request_id in earlier_uuids:
+            first = earlier_uuids[request_id].isoformat()
+            reject(doc, "duplicate_uuid", f"uuid {request_id} was first presented at {first}", when=when)
+            continue
         if request_id in seen_uuids:
             reject(doc, "duplicate_uuid", f"uuid {request_id} was already presented in this window", when=when)
             continue
@@ -305,6 +329,14 @@ def flatten_runtime_logs(
                     )
                 else:
                     rows["accepted"][i] = 1
+    for response in naive_responses:
+        reject(
+            response,
+            "naive_datetime",
+            f"response date_log {response.get('date_log')!r} has no timezone",
+            source="response",
+            when=_naive_as_utc(response.get("date_log")),
+        )
     for response in orphan_responses:
         when, _ = parse_utc(response.get("date_log"))
         reject(
@@ -315,11 +347,15 @@ def flatten_runtime_logs(
             when=when or start,
         )
 
+    for row in quarantine:
+        if row["items"] > MAX_DETAILS:
+            row["detail"] += f"; and {row['items'] - MAX_DETAILS} more"
     exposures = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
     exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64"})
     exposures["datetime"] = pd.to_datetime(exposures["datetime"], utc=True)
     quarantined = pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS))
     quarantined["datetime"] = pd.to_datetime(quarantined["datetime"], utc=True)
+    quarantined["items"] = quarantined["items"].astype("int64")
     counts["exposures"] = len(exposures)
     counts["accepted"] = int(exposures["accepted"].sum())
     counts["quarantined"] = len(quarantined)
@@ -328,35 +364,56 @@ def flatten_runtime_logs(
     return FlattenResult(exposures, quarantined, dict(counts))
 
 
+@dataclasses.dataclass
+class RuntimeWindow:
+    """What the flatten of `[start, end)` reads (see :func:`fetch_runtime_window`)."""
+
+    presented: list[dict]
+    responses: list[dict]
+    orphan_responses: list[dict]
+    naive_responses: list[dict]
+    earlier_uuids: dict[str, dt.datetime]
+
+
 def fetch_runtime_window(
     store,
     start: dt.datetime,
     end: dt.datetime,
     response_window: dt.timedelta = dt.timedelta(days=7),
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """Presented documents of `[start, end)`, their responses, and the window's orphan responses.
+) -> RuntimeWindow:
+    """Presented documents of `[start, end)`, their responses, and what the flatten must set aside.
 
     A response counts when it is logged before `end + response_window` (the attribution
     window): responses are read by date range, one indexed scan, rather than by uuid lists.
     Dates are BSON dates; ISO strings are read too (from a day either side, since an offset can
-    move them across midnight) so that naive ones are quarantined rather than lost.
+    move them across midnight) so that naive ones are quarantined rather than lost. Documents
+    whose date cannot be read at all are the undated scan's (:func:`find_undated`).
     """
     presented_coll = store.collection(names.PRESENTED)
     responses_coll = store.collection(names.RESPONSES)
-    text_window = {
-        "$gte": (start - dt.timedelta(days=1)).date().isoformat(),
-        "$lt": (end + dt.timedelta(days=1)).date().isoformat(),
-    }
     # No projection: on the embedded server a projection costs more than the bytes it saves.
     presented = list(presented_coll.find({"date_log": {"$gte": start, "$lt": end}}))
-    presented += list(presented_coll.find({"date_log": text_window}))
+    presented += list(presented_coll.find({"date_log": _text_window(start, end)}))
     uuids = {str(d["uuid"]) for d in presented if d.get("uuid") not in (None, "")}
 
+    until = end + response_window
+    dated: list[tuple[dict, dt.datetime]] = [
+        (r, r["date_log"]) for r in responses_coll.find({"date_log": {"$gte": start, "$lt": until}})
+    ]
+    naive_responses = []
+    for response in responses_coll.find({"date_log": _text_window(start, until)}):
+        when, bad = parse_utc(response["date_log"])
+        if bad:
+            naive = _naive_as_utc(response["date_log"])
+            if naive is not None and start <= naive < end:
+                naive_responses.append(response)
+        elif start <= when < until:
+            dated.append((response, when))
     responses, candidates = [], []
-    for response in responses_coll.find({"date_log": {"$gte": start, "$lt": end + response_window}}):
+    for response, when in dated:
         if str(response.get("uuid")) in uuids:
             responses.append(response)
-        elif response["date_log"] < end:
+        elif when < end:
             candidates.append(response)
     # Orphans: responses logged in the window whose uuid no presented document has, anywhere
     # (a response to yesterday's request is not an orphan).
@@ -365,4 +422,57 @@ def fetch_runtime_window(
     for batch in chunked(unknown, UUID_LOOKUP_BATCH):
         found |= {str(d["uuid"]) for d in presented_coll.find({"uuid": {"$in": list(batch)}}, {"uuid": 1})}
     orphans = [r for r in candidates if str(r.get("uuid")) not in found]
-    return presented, responses, orphans
+    return RuntimeWindow(presented, responses, orphans, naive_responses, _first_presented_before(
+        presented_coll, uuids, start))
+
+
+def _text_window(start: dt.datetime, end: dt.datetime) -> dict:
+    """ISO date strings that may fall in [start, end) once their offset is applied."""
+    return {"$gte": (start - dt.timedelta(days=1)).date().isoformat(),
+            "$lt": (end + dt.timedelta(days=1)).date().isoformat()}
+
+
+def _first_presented_before(presented_coll, uuids: set[str], start: dt.datetime) -> dict[str, dt.datetime]:
+    """The uuids of `uuids` that some presented document already had before `start` (a request id
+    belongs to the day it was first presented on, whichever day is flattened first).
+
+    Either the documents before `start` are scanned (an indexed date range: cheap when few came
+    before, as in a backfill from the first day) or the uuids are looked up in small batches
+    (cheap when the window is small next to the history, as in the nightly run)."""
+    text_before = {"$lt": (start + dt.timedelta(days=1)).date().isoformat()}
+    before = [{"date_log": {"$lt": start}}, {"date_log": text_before}]
+    if sum(presented_coll.count_documents(q) for q in before) <= SCAN_PER_UUID * len(uuids):
+        candidates = (d for q in before for d in presented_coll.find(q, {"uuid": 1, "date_log": 1}))
+    else:
+        candidates = (
+            d for batch in chunked(sorted(uuids), UUID_LOOKUP_BATCH)
+            for d in presented_coll.find({"uuid": {"$in": list(batch)}}, {"uuid": 1, "date_log": 1})
+        )
+    earlier: dict[str, dt.datetime] = {}
+    for doc in candidates:
+        key = str(doc.get("uuid"))
+        if key not in uuids:
+            continue
+        when, _ = parse_utc(doc.get("date_log"))
+        if when is not None and when < start and (key not in earlier or when < earlier[key]):
+            earlier[key] = when
+    return earlier
+
+
+def find_undated(store, batch_size: int = 1000) -> Iterable[tuple[str, dict, str]]:
+    """(source, document, detail) for every runtime document whose `date_log` cannot be read
+    as a date at all (missing, null, not a date or a string, an unparseable string): no day's
+    flatten reads them. Date strings, naive or not, belong to a day and are that day's."""
+    for source, location in (("presented", names.PRESENTED), ("response", names.RESPONSES)):
+        collection = store.collection(location)
+        suspects = collection.find({"date_log": {"$not": {"$type": "date"}}}, {"date_log": 1}, batch_size=batch_size)
+        bad_ids = []
+        for doc in suspects:
+            value = doc.get("date_log")
+            if isinstance(value, str) and (parse_utc(value)[0] is not None or _naive_as_utc(value) is not None):
+                continue
+            bad_ids.append(doc["_id"])
+        for batch in chunked(bad_ids, UUID_LOOKUP_BATCH):
+            for doc in collection.find({"_id": {"$in": list(batch)}}):
+                value = doc.get("date_log", "<missing>")
+                yield source, doc, f"date_log {value!r} is not a date"

@@ -174,7 +174,22 @@ def read_exposures_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exposures file {path} is missing")
-    raw, unit, offset = _read(path)
+    if path.stat().st_size == 0:
+        raise ImportFileError(f"{path}: the file is empty", path=path)
+    try:
+        raw, unit, offset = _read(path)
+    except UnicodeDecodeError as error:
+        raise ImportFileError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} at offset {error.start}); "
+            "save it as UTF-8 CSV", path=path,
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ImportFileError(f"{path}: no header line and no data", path=path) from None
+    except (pd.errors.ParserError, OSError, ValueError) as error:
+        if isinstance(error, ImportFileError):
+            raise
+        raise ImportFileError(f"{path}: cannot be read as {path.suffix.lstrip('.') or 'a table'}: {error}",
+                              path=path) from None
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:

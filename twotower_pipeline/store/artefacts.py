@@ -11,6 +11,7 @@ import json
 from typing import Protocol
 
 import gridfs
+from bson import ObjectId
 
 from twotower_pipeline.store.client import MongoStore
 
@@ -54,13 +55,16 @@ def save_artefact(store: MongoStore, name: str, artefact, extra: dict | None = N
     return str(file_id)
 
 
-def load_artefact(store: MongoStore, name: str, **metadata):
-    """The latest version of `name` (whose metadata has the given values), rebuilt by its class."""
+def load_artefact(store: MongoStore, name: str, file_id: str | None = None, **metadata):
+    """The version `file_id` of `name`, or its latest version whose metadata has the given values,
+    rebuilt by its class."""
     bucket = _bucket(store)
     query = {"filename": name, **{f"metadata.{k}": v for k, v in metadata.items()}}
+    if file_id is not None:
+        query["_id"] = ObjectId(file_id)
     latest = next(iter(bucket.find(query).sort("uploadDate", -1).limit(1)), None)
     if latest is None:
-        wanted = "".join(f" with {k}={v!r}" for k, v in metadata.items())
+        wanted = "".join(f" with {k}={v!r}" for k, v in ({"file_id": file_id} if file_id else metadata).items())
         raise LookupError(f"no artefact named {name!r}{wanted} in {ARTEFACT_DATABASE}.{ARTEFACT_BUCKET}")
     kind = latest.metadata.get("kind")
     cls = _registry.get(kind)

@@ -45,7 +45,9 @@ def get_client(uri: str) -> pymongo.MongoClient:
     with _clients_lock:
         client = _clients.get(uri)
         if client is None:
-            client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=20_000)
+            # 20 s to find the server unless the URI says otherwise (`serverSelectionTimeoutMS=...`)
+            timeout = {} if "serverselectiontimeoutms" in uri.lower() else {"serverSelectionTimeoutMS": 20_000}
+            client = pymongo.MongoClient(uri, tz_aware=True, **timeout)
             _clients[uri] = client
         return client
 

@@ -4,6 +4,11 @@ SecantusDB (GPL-2.0) speaks the MongoDB wire protocol on WiredTiger. It is start
 process and reached with pymongo only. Dagster runs every run and step in its own process, so the
 server is shared: a file lock serialises start-up and a state file records the port of the server
 that owns the directory. The server outlives the process that started it; `stop()` ends it.
+
+The state file is not trusted on its word: a pid can be reused by another process and a port by
+another server. A server is "ours" only if the pid is still the process that was started (same
+start time), and the server on the port holds the identity token written when it was started.
+A restarted server takes its old port again when it is free, so clients holding the URI reconnect.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pymongo
 
+from twotower_pipeline.store import processes
+
 HOST = "127.0.0.1"
 SERVER_COMMAND = "secantusd-py"
 START_TIMEOUT_S = 60.0
+#: Where a started server records the token that proves which server it is.
+IDENTITY_DATABASE = "twotower_embedded"
 
 
 def default_data_dir() -> Path:
@@ -76,16 +86,23 @@ class EmbeddedMongo:
             if state is None:
                 self.state_file.unlink(missing_ok=True)
                 return False
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state["pid"], signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and _pid_alive(state["pid"]):
-                time.sleep(0.1)
-            if _pid_alive(state["pid"]):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(state["pid"], signal.SIGKILL)
+            _signal_and_wait(state, signal.SIGTERM, 20)
+            if processes.is_alive(_owner(state)):
+                _signal_and_wait(state, signal.SIGKILL, 20)
             self.state_file.unlink(missing_ok=True)
             return True
+
+    def kill(self) -> bool:
+        """SIGKILL the server (a crash, for the fault-injection tests); the state file stays, as a
+        real crash would leave it. True if one was running."""
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        if not processes.is_alive(_owner(state)):
+            return False
+        _signal_and_wait(state, signal.SIGKILL, 20)
+        return True
 
     @contextlib.contextmanager
     def _locked(self):
@@ -96,14 +113,41 @@ class EmbeddedMongo:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _live_state(self) -> dict | None:
+    def _state(self) -> dict | None:
         try:
-            state = json.loads(self.state_file.read_text())
+            return json.loads(self.state_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if _pid_alive(state.get("pid", -1)) and _ping(state["port"], timeout_ms=2000):
-            return state
-        return None
+
+    def _live_state(self) -> dict | None:
+        """The recorded server if it is still that server: same process, and the token it was
+        given at start-up is what the server on the port holds."""
+        state = self._state()
+        if not state or not processes.is_alive(_owner(state)):
+            return None
+        if "token" not in state:  # written before tokens: adopt the server if it is ours by its command line
+            return self._adopt(state)
+        if _identity_token(state.get("port", 0), timeout_ms=2000) != state["token"]:
+            return None
+        return state
+
+    def _adopt(self, state: dict) -> dict | None:
+        try:
+            arguments = Path(f"/proc/{state['pid']}/cmdline").read_text().split("\0")
+        except OSError:
+            return None
+        if str(self.storage_path) not in arguments or not _ping(state.get("port", 0), timeout_ms=2000):
+            return None
+        state = {**processes.identity(state["pid"]), "port": state["port"], "token": uuid.uuid4().hex,
+                 "storage_path": str(self.storage_path)}
+        _write_identity(state["port"], state["token"])
+        self._save(state)
+        return state
+
+    def _save(self, state: dict) -> None:
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(self.state_file)
 
     def _start(self) -> dict:
         executable = _server_executable()
@@ -113,8 +157,9 @@ class EmbeddedMongo:
         if not config.exists():
             config.write_text("# settings come from the command line\n")
         last_error = ""
-        for _attempt in range(3):
-            port = _free_port()
+        previous = self._state() or {}
+        for attempt in range(3):
+            port = _free_port(previous.get("port") if attempt == 0 else None)
             with open(self.log_file, "ab") as log:
                 process = subprocess.Popen(
                     [
@@ -142,8 +187,10 @@ class EmbeddedMongo:
                     last_error = f"exited with code {process.returncode}"
                     break
                 if _ping(port, timeout_ms=500):
-                    state = {"pid": process.pid, "port": port, "storage_path": str(self.storage_path)}
-                    self.state_file.write_text(json.dumps(state))
+                    state = {**processes.identity(process.pid), "port": port, "token": uuid.uuid4().hex,
+                             "storage_path": str(self.storage_path)}
+                    _write_identity(port, state["token"])
+                    self._save(state)
                     return state
                 time.sleep(0.1)
             else:
@@ -165,36 +212,61 @@ def _server_executable() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+def _free_port(preferred: int | None = None) -> int:
+    """`preferred` if nothing listens there, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            # as a listening server does: connections of the old server in TIME_WAIT do not block it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port on the loopback interface")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _owner(state: dict) -> dict:
+    """The server's process as `processes.is_alive` takes it (this host: the server is local)."""
+    return {"host": socket.gethostname(), "pid": state.get("pid", -1), "started": state.get("started")}
+
+
+def _signal_and_wait(state: dict, signum: int, timeout_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state["pid"], signum)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and processes.is_alive(_owner(state)):
+        time.sleep(0.05)
+
+
+def _client(port: int, timeout_ms: int) -> pymongo.MongoClient:
+    return pymongo.MongoClient(
+        HOST, port, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, directConnection=True
+    )
+
+
+def _write_identity(port: int, token: str) -> None:
+    client = _client(port, 5000)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a server this process started and that has exited lingers as a zombie until reaped
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        return reaped == 0
-    except ChildProcessError:
-        pass
+        client[IDENTITY_DATABASE]["server"].replace_one({"_id": "identity"}, {"token": token}, upsert=True)
+    finally:
+        client.close()
+
+
+def _identity_token(port: int, timeout_ms: int) -> str | None:
+    """The token of the server answering on `port`; None if none answers or it has none."""
+    client = _client(port, timeout_ms)
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        document = client[IDENTITY_DATABASE]["server"].find_one({"_id": "identity"})
+        return document.get("token") if document else None
+    except pymongo.errors.PyMongoError:
+        return None
+    finally:
+        client.close()
 
 
 def _ping(port: int, timeout_ms: int) -> bool:
-    client = pymongo.MongoClient(
-        HOST, port, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, directConnection=True
-    )
+    client = _client(port, timeout_ms)
     try:
         client.admin.command("ping")
         return True

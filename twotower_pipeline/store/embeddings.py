@@ -1,58 +1,355 @@
-"""Publishing a run's embeddings to the collections the runtime reads (SPEC §5), as a whole.
+"""The runtime's embedding collections (SPEC §5), published as one unit through a journal.
 
-A run's vectors are written to a staging collection first and checked; only then is the live
-collection replaced, by one `renameCollection(dropTarget=True)`, so a reader sees either the old
-run or the new one, never a mix, and a crash part-way leaves the live collection untouched. The
-live collection's previous content is copied to `<name>__previous` first, for rollback.
+Each run's vectors are kept in collections of their own, `<live name>__run_<run_id>`, written
+through a slice commit (complete or invisible) and never changed afterwards. Publishing a run makes
+the two live collections copies of that run's pair:
+
+1. under the publish lease (one publisher at a time), finish or undo a publish a crash left half
+   done (below);
+2. check that both of the run's collections are committed and hold the counts they were written with;
+3. write down the intent in the journal (`ecosystem_meta.two_tower_publish`: state `publishing`,
+   the target run and the run that was live);
+4. copy each into a staging collection with a unique index on its key, then rename both stagings
+   over the live collections (`renameCollection(dropTarget=True)`);
+5. verify the live pair: counts, one run id in both, unit vectors of one width, a unique key;
+6. write down the outcome: state `live`, the new live run and the one before it.
+
+If the verification fails, the last verified pair is put back (from its own run collections) and
+the publish fails. If anything dies between 3 and 6, the journal still says `publishing`: the next
+publish, rollback or `twotower embeddings-status --recover` rolls it forward to the target (its
+sources are intact, whatever the crash did to the stagings or the live collections) or, if that
+cannot be verified, back to the run that was live. On MongoDB a rename within a database is
+atomic and a metadata operation; on the embedded server it copies documents and a crash can leave
+the target empty or doubled, which the journal repairs the same way. Between the two renames a
+reader of both collections may see the new users with the old offers (milliseconds on MongoDB,
+the copy time on the embedded server); every document carries its `run_id` so a ranking can
+refuse to mix them, and the journal says which run is live.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import uuid
+
 import numpy as np
+import pandas as pd
+from pymongo import ASCENDING
+
+from twotower_pipeline.store import leases, names
 from twotower_pipeline.store.client import MongoStore
-from twotower_pipeline.store.frames import swap_in
+from twotower_pipeline.store.faults import fault_point
+from twotower_pipeline.store.frames import INSERT_BATCH, batches
+from twotower_pipeline.store.slices import ALL, COMMITS, WRITE_ID_FIELD, SlicedCollection
 
-PREVIOUS_SUFFIX = "__previous"
-
-
-def publish_embeddings(
-    store: MongoStore, location: str, key_field: str, run_id: str, keys: list[str], vectors: np.ndarray
-) -> dict:
-    """Replace the live collection at `location` with `{run_id, key_field, embedding}` documents."""
-    if len(keys) != len(vectors):
-        raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors for {location}")
-    if not keys:
-        raise ValueError(f"no vectors to publish to {location}")
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate {key_field} values in the vectors for {location}")
-    live = store.collection(location)
-    documents = [
-        {"run_id": run_id, key_field: key, "embedding": vector}
-        for key, vector in zip(keys, np.asarray(vectors, dtype=np.float64).tolist())
-    ]
-    previous = live.find_one({}, {"run_id": 1})
-
-    def keep_previous():
-        if previous is not None:
-            live.aggregate([{"$match": {}}, {"$out": live.name + PREVIOUS_SUFFIX}])
-
-    written = swap_in(live, documents, unique_key=key_field, before_swap=keep_previous)
-    return {"written": written, "previous_run_id": previous["run_id"] if previous else None}
+JOURNAL = "ecosystem_meta.two_tower_publish"
+RUN_MARK = "__run_"
+#: Staging collections of a publish: `<live name>__staging_<hex>`, dropped by the next publish.
+STAGING_MARK = "__staging_"
+NORM_TOLERANCE = 1e-4
+KEEP_RUNS = 3
+HISTORY = 20
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
-def live_run_id(store: MongoStore, location: str) -> str | None:
-    """The run whose vectors the runtime reads now."""
-    document = store.collection(location).find_one({}, {"run_id": 1})
-    return document["run_id"] if document else None
+@dataclasses.dataclass(frozen=True)
+class Tower:
+    name: str  # "user" | "item"
+    collection: str  # the live collection's name (SPEC §5)
+    key_field: str
 
 
-def rollback_embeddings(store: MongoStore, location: str) -> str:
-    """Put the previous run's vectors back live; returns that run's id."""
-    database_name, _, name = location.partition(".")
-    database = store.database(database_name)
-    previous = database[name + PREVIOUS_SUFFIX]
-    document = previous.find_one({}, {"run_id": 1})
-    if document is None:
-        raise LookupError(f"no previous embeddings kept for {location}")
-    previous.rename(name, dropTarget=True)
-    return document["run_id"]
+TOWERS = (
+    Tower("user", names.USER_EMBEDDINGS, "customer_id"),
+    Tower("item", names.ITEM_EMBEDDINGS, "offer"),
+)
+
+
+class PublishError(RuntimeError):
+    """A publish (or rollback) that did not go live; the journal says what is live instead."""
+
+    def __init__(self, message: str, report: "LiveReport | None" = None):
+        super().__init__(message)
+        self.report = report
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise ValueError(f"run_id {run_id!r} must be 1-80 letters, digits, '_', '-' or '.'")
+    return run_id
+
+
+def tower(name: str) -> Tower:
+    for candidate in TOWERS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"unknown tower {name!r}; expected one of {[t.name for t in TOWERS]}")
+
+
+@dataclasses.dataclass
+class LiveReport:
+    """What a verification of the collections found, per tower."""
+
+    run_id: str
+    embedding_dim: int
+    documents: dict[str, int]
+    expected: dict[str, int]
+    other_runs: dict[str, int]  # documents whose run_id is not `run_id`
+    unique_key: dict[str, bool]
+    wrong_length: dict[str, int]
+    not_finite: dict[str, int]
+    not_unit: dict[str, int]
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in self.documents:
+            label = f"{name} vectors"
+            if self.documents[name] != self.expected[name]:
+                found.append(f"{label}: {self.documents[name]} documents, expected {self.expected[name]}")
+            if self.other_runs[name]:
+                found.append(f"{label}: {self.other_runs[name]} documents of another run than {self.run_id}")
+            if not self.unique_key[name]:
+                found.append(f"{label}: no unique index on the key")
+            for what, counts in (("not of length " + str(self.embedding_dim), self.wrong_length),
+                                 ("not finite", self.not_finite), ("not unit length", self.not_unit)):
+                if counts[name]:
+                    found.append(f"{label}: {counts[name]} {what}")
+        return found
+
+
+class Publisher:
+    """Publishes runs' vector pairs to the live collections of one database, through the journal."""
+
+    def __init__(self, store: MongoStore, database: str = "logging", *, keep_runs: int = KEEP_RUNS,
+                 lease_seconds: float = leases.LEASE_SECONDS, wait_seconds: float = leases.WAIT_SECONDS):
+        self.store = store
+        self.database_name = database
+        self.database = store.database(database)
+        self.journal = leases.journaled(store.collection(JOURNAL))
+        self.keep_runs = keep_runs
+        self.lease_seconds = lease_seconds
+        self.wait_seconds = wait_seconds
+
+    # -- a run's own vectors ------------------------------------------------------------------
+
+    def run_location(self, tower_name: str, run_id: str) -> str:
+        return f"{self.database_name}.{tower(tower_name).collection}{RUN_MARK}{check_run_id(run_id)}"
+
+    def write_run(self, tower_name: str, run_id: str, keys: list[str], vectors: np.ndarray,
+                  owner: dict | None = None) -> int:
+        """Keep a run's vectors for one tower (committed whole, or not at all)."""
+        spec = tower(tower_name)
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors for the {tower_name} tower")
+        if not keys:
+            raise ValueError(f"no {tower_name} vectors to keep for run {run_id}")
+        frame = pd.DataFrame({"run_id": run_id, spec.key_field: keys,
+                              "embedding": np.asarray(vectors, dtype=np.float64).tolist()})
+        sliced = SlicedCollection(self.store, self.run_location(tower_name, run_id),
+                                  lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds)
+        return sliced.write(frame, owner=owner)[ALL]
+
+    def run_counts(self, run_id: str) -> dict[str, int]:
+        """{tower: vectors} of a run whose two collections are committed and whole; else PublishError."""
+        counts = {}
+        for spec in TOWERS:
+            sliced = SlicedCollection(self.store, self.run_location(spec.name, run_id))
+            record = sliced.record() or {}
+            committed = (record.get("slices") or {}).get(ALL)
+            if committed is None:
+                raise PublishError(f"run {run_id} has no complete {spec.name} vectors "
+                                   f"({sliced.location} was never committed); materialise {spec.name}_embeddings")
+            stored = sliced.collection.count_documents({WRITE_ID_FIELD: committed["write_id"]})
+            if stored != committed["rows"]:
+                raise PublishError(f"{sliced.location} holds {stored} committed vectors, "
+                                   f"{committed['rows']} were written")
+            counts[spec.name] = stored
+        return counts
+
+    # -- the live pair ------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return self.journal.find_one({"_id": self.database_name}, {"leases": 0}) or {
+            "_id": self.database_name, "state": "empty", "live_run_id": None, "previous_run_id": None}
+
+    def live_run_id(self) -> str | None:
+        return self.status().get("live_run_id")
+
+    def publish(self, run_id: str, owner: dict | None = None) -> dict:
+        """Make `run_id`'s pair live. Returns {run_id, previous_run_id, users, items, recovered}."""
+        check_run_id(run_id)
+        with self._lease(owner) as lease:
+            recovered = self._recover(lease)
+            return {**self._go_live(lease, run_id), "recovered": recovered}
+
+    def rollback(self, owner: dict | None = None) -> dict:
+        """Put the run that was live before the current one back, both towers together."""
+        with self._lease(owner) as lease:
+            recovered = self._recover(lease)
+            previous = self.status().get("previous_run_id")
+            if not previous:
+                raise PublishError(f"no earlier run to roll back to in {self.database_name}")
+            return {**self._go_live(lease, previous), "recovered": recovered}
+
+    def recover(self, owner: dict | None = None) -> str | None:
+        """Finish or undo a publish that a crash interrupted; what was done, or None."""
+        with self._lease(owner) as lease:
+            return self._recover(lease)
+
+    def verify(self, run_id: str | None = None, embedding_dim: int | None = None) -> LiveReport:
+        """Check the live pair against a run (default: the journal's live run)."""
+        run_id = run_id or self.live_run_id()
+        if not run_id:
+            raise PublishError(f"nothing has been published to {self.database_name}")
+        expected = self.run_counts(run_id)
+        return self._verify(run_id, expected, embedding_dim)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _lease(self, owner: dict | None) -> leases.Lease:
+        leases.ensure_record(self.journal, self.database_name,
+                             {"state": "empty", "live_run_id": None, "previous_run_id": None, "history": []})
+        return leases.Lease(self.journal, self.database_name, ["publish"], owner=owner,
+                            what=f"publishing embeddings to {self.database_name}",
+                            lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds)
+
+    def _go_live(self, lease: leases.Lease, run_id: str) -> dict:
+        journal = self.status()
+        was_live = journal.get("live_run_id")
+        counts = self.run_counts(run_id)  # both sources committed and whole, before anything moves
+        lease.update({"$set": {"state": "publishing", "target_run_id": run_id, "from_run_id": was_live,
+                               "started_at": leases.now()}})
+        fault_point("publish.journal_written")
+        report = self._swap_pair(run_id, counts)
+        if report.problems():
+            restored = self._restore(lease, was_live) if was_live and was_live != run_id else None
+            raise PublishError(
+                f"run {run_id} failed verification after the swap: {'; '.join(report.problems())}; "
+                + (f"run {restored} is live again" if restored else "no earlier verified run to put back"),
+                report,
+            )
+        previous = journal.get("previous_run_id") if was_live == run_id else was_live
+        self._record_live(lease, run_id, previous, counts, "published")
+        self._prune(keep={run_id, previous})
+        return {"run_id": run_id, "previous_run_id": previous, "users": counts["user"], "items": counts["item"],
+                "report": report}
+
+    def _recover(self, lease: leases.Lease) -> str | None:
+        journal = self.status()
+        if journal.get("state") != "publishing":
+            return None
+        target, was_live = journal.get("target_run_id"), journal.get("from_run_id")
+        for run_id, verb in ((target, "rolled forward to"), (was_live, "rolled back to")):
+            if not run_id:
+                continue
+            try:
+                counts = self.run_counts(run_id)
+            except PublishError:
+                continue
+            report = self._swap_pair(run_id, counts)
+            if not report.problems():
+                previous = was_live if run_id == target else journal.get("previous_run_id")
+                self._record_live(lease, run_id, previous, counts, f"recovered: {verb}")
+                return f"an interrupted publish of {target} was {verb} {run_id}"
+        raise PublishError(f"an interrupted publish of {target} could not be finished or undone: "
+                           f"neither {target} nor {was_live} has complete vectors to restore")
+
+    def _restore(self, lease: leases.Lease, run_id: str) -> str:
+        counts = self.run_counts(run_id)
+        report = self._swap_pair(run_id, counts)
+        if report.problems():
+            raise PublishError(f"putting back run {run_id} failed too: {'; '.join(report.problems())}", report)
+        journal = self.status()
+        self._record_live(lease, run_id, journal.get("previous_run_id"), counts, "restored after a failed publish")
+        return run_id
+
+    def _record_live(self, lease: leases.Lease, run_id: str, previous: str | None, counts: dict, event: str):
+        now = leases.now()
+        lease.update({
+            "$set": {"state": "live", "live_run_id": run_id, "previous_run_id": previous, "published_at": now,
+                     "counts": counts, "target_run_id": None, "from_run_id": None},
+            "$push": {"history": {"$each": [{"at": now, "event": event, "run_id": run_id}], "$slice": -HISTORY}},
+        })
+
+    def _swap_pair(self, run_id: str, counts: dict[str, int]) -> LiveReport:
+        """Stage both towers from the run's own collections, rename both over the live ones, verify."""
+        stagings = {spec.name: self._stage(spec, run_id, counts[spec.name]) for spec in TOWERS}
+        for spec in TOWERS:
+            self._clear_leftovers(spec.collection)
+            fault_point(f"publish.before_rename.{spec.name}")
+            stagings[spec.name].rename(spec.collection, dropTarget=True)
+            fault_point(f"publish.after_rename.{spec.name}")
+        return self._verify(run_id, counts)
+
+    def _clear_leftovers(self, name: str) -> None:
+        """A rename the embedded server was killed in can leave documents stored under a name that
+        no longer exists; they would reappear in the next collection of that name. Creating and
+        dropping it first deletes them (on MongoDB there are none, and this costs nothing)."""
+        if name not in self.database.list_collection_names():
+            self.database.create_collection(name)
+            self.database.drop_collection(name)
+
+    def _stage(self, spec: Tower, run_id: str, expected: int):
+        for name in self.database.list_collection_names():
+            if name.startswith(spec.collection + STAGING_MARK):
+                self.database.drop_collection(name)  # left by a killed publish
+        staging = self.database[f"{spec.collection}{STAGING_MARK}{uuid.uuid4().hex[:12]}"]
+        source = SlicedCollection(self.store, self.run_location(spec.name, run_id))
+        write_id = source.committed_write_ids()[ALL]
+        documents = source.collection.find({WRITE_ID_FIELD: write_id}, {WRITE_ID_FIELD: 0}, batch_size=INSERT_BATCH)
+        for batch in batches(documents, INSERT_BATCH):
+            staging.insert_many(batch, ordered=False)
+            fault_point("publish.staged_batch")
+        staging.create_index([(spec.key_field, ASCENDING)], unique=True)
+        staged = staging.count_documents({})
+        if staged != expected:
+            raise PublishError(f"staging {staging.name} holds {staged} vectors of run {run_id}, expected {expected}")
+        return staging
+
+    def _verify(self, run_id: str, expected: dict[str, int], embedding_dim: int | None = None) -> LiveReport:
+        """Read the live collections back: counts and run ids on the server, vectors in batches."""
+        report = LiveReport(run_id, embedding_dim or 0, {}, dict(expected), {}, {}, {}, {}, {})
+        for spec in TOWERS:
+            live = self.database[spec.collection]
+            report.documents[spec.name] = live.count_documents({})
+            report.other_runs[spec.name] = live.count_documents({"run_id": {"$ne": run_id}})
+            report.unique_key[spec.name] = any(
+                index.get("unique") and [k for k, _ in index["key"]] == [spec.key_field]
+                for index in live.index_information().values()
+            )
+            wrong = not_finite = not_unit = 0
+            for chunk in batches(live.find({}, {"embedding": 1, "_id": 0}, batch_size=INSERT_BATCH), INSERT_BATCH):
+                vectors = [d.get("embedding") or [] for d in chunk]
+                if not report.embedding_dim and vectors:
+                    report.embedding_dim = len(vectors[0])
+                sized = [v for v in vectors if len(v) == report.embedding_dim]
+                wrong += len(vectors) - len(sized)
+                matrix = np.asarray(sized, dtype=np.float64).reshape(-1, report.embedding_dim)
+                finite = np.isfinite(matrix).all(axis=1)
+                not_finite += int((~finite).sum())
+                not_unit += int((np.abs(np.linalg.norm(matrix[finite], axis=1) - 1.0) > NORM_TOLERANCE).sum())
+            report.wrong_length[spec.name] = wrong
+            report.not_finite[spec.name] = not_finite
+            report.not_unit[spec.name] = not_unit
+        return report
+
+    def _prune(self, keep: set) -> None:
+        """Drop the run collections of runs that are neither live, previous, nor among the newest."""
+        commits = {}
+        for spec in TOWERS:
+            prefix = spec.collection + RUN_MARK
+            for name in self.database.list_collection_names():
+                if name.startswith(prefix):
+                    record = SlicedCollection(self.store, f"{self.database_name}.{name}").record() or {}
+                    committed = (record.get("slices") or {}).get(ALL)
+                    run_id = name[len(prefix):]
+                    when = committed["committed_at"] if committed else None
+                    commits.setdefault(run_id, []).append((name, when))
+        finished = sorted((r for r, found in commits.items() if all(w for _, w in found)),
+                          key=lambda r: max(w for _, w in commits[r]), reverse=True)
+        for run_id in finished[self.keep_runs:]:
+            if run_id in keep:
+                continue
+            for name, _ in commits[run_id]:
+                self.database.drop_collection(name)
+                self.store.collection(COMMITS).delete_one({"_id": f"{self.database_name}.{name}"})

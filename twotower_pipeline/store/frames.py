@@ -1,23 +1,17 @@
-"""DataFrames in and out of collections: slice rewrites, atomic whole-collection swaps, reads."""
+"""DataFrames in and out of documents, batches, plain reads."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 
-#: Every document written through a slice rewrite carries the id of the write that made it.
-WRITE_ID_FIELD = "_write_id"
-#: Marks the staging collections of whole-collection swaps: `<collection>__staging_<hex>`.
-STAGING_MARK = "__staging_"
-INSERT_BATCH = 20_000
+#: Documents per insert_many (TWOTOWER_INSERT_BATCH overrides it, e.g. for many small batches in tests).
+INSERT_BATCH = int(os.environ.get("TWOTOWER_INSERT_BATCH", "20000"))
 
 
 def plain_value(value):
@@ -64,130 +58,34 @@ def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` items from any iterable (a cursor is streamed, never held whole)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def ensure_indexes(collection: Collection, indexes: Iterable[Sequence[str]]) -> None:
     for fields in indexes:
         collection.create_index([(f, ASCENDING) for f in fields])
 
 
-def time_ordered_ids(times: pd.Series) -> list[ObjectId]:
-    """`_id`s whose leading 4 bytes are each row's time (as ObjectIds carry their creation time).
-
-    The mandatory `_id` index then doubles as a time index: a day's rows are one `_id` range
-    (:func:`time_range_filter`), and no secondary index has to be kept up on every insert.
-    """
-    epoch = pd.Timestamp(0, tz="UTC")
-    seconds = ((pd.to_datetime(times, utc=True) - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
-    if len(seconds) and (seconds.min() < 0 or seconds.max() >= 2**32):
-        raise ValueError("time-ordered ids cover 1970-01-01..2106-02-07 UTC; a row's time lies outside")
-    raw = np.zeros((len(seconds), 12), dtype=np.uint8)
-    raw[:, 0:4] = seconds.astype(">u4").view(np.uint8).reshape(-1, 4)
-    raw[:, 4:8] = np.frombuffer(os.urandom(4), dtype=np.uint8)  # one random prefix per write
-    raw[:, 8:12] = np.arange(len(seconds), dtype=">u4").view(np.uint8).reshape(-1, 4)
-    return [ObjectId(row.tobytes()) for row in raw]
-
-
-def time_range_filter(start: dt.datetime, end: dt.datetime) -> dict:
-    """The `_id` range of rows written with :func:`time_ordered_ids` whose time is in [start, end)."""
-    return {"_id": {"$gte": ObjectId.from_datetime(start), "$lt": ObjectId.from_datetime(end)}}
-
-
-def replace_slice(
-    collection: Collection,
-    frame: pd.DataFrame,
-    slice_filter: dict,
-    indexes: Iterable[Sequence[str]] = (),
-    ids: list | None = None,
-) -> int:
-    """Make the documents matching `slice_filter` exactly the rows of `frame`.
-
-    New rows go in first, tagged with a fresh write id; only then are the slice's older
-    documents deleted (a slice written for the first time has none, and skips that step). A
-    failure part-way removes what this write added, so the previous slice survives whole.
-    The slice's fields are indexed (`_id` always is). `ids`, when given, become the documents'
-    `_id`s. Returns the number of documents written.
-    """
-    ensure_indexes(collection, [fields for fields in [list(slice_filter), *indexes] if fields != ["_id"]])
-    had_rows = collection.find_one(slice_filter, {"_id": 1}) is not None
-    write_id = uuid.uuid4().hex
-    documents = frame_to_documents(frame)
-    for document in documents:
-        document[WRITE_ID_FIELD] = write_id
-    if ids is not None:
-        for document, _id in zip(documents, ids):
-            document["_id"] = _id
-    try:
-        for batch in chunked(documents, INSERT_BATCH):
-            collection.insert_many(batch, ordered=False)
-    except BaseException:
-        collection.delete_many({WRITE_ID_FIELD: write_id})
-        raise
-    if had_rows:
-        collection.delete_many({**slice_filter, WRITE_ID_FIELD: {"$ne": write_id}})
-    return len(documents)
-
-
-def replace_time_slice(
-    collection: Collection,
-    frame: pd.DataFrame,
-    time_field: str,
-    start: dt.datetime,
-    end: dt.datetime,
-    indexes: Iterable[Sequence[str]] = (),
-) -> int:
-    """`replace_slice` for the rows whose `time_field` lies in [start, end), with time-ordered `_id`s."""
-    ids = time_ordered_ids(frame[time_field])
-    return replace_slice(collection, frame, time_range_filter(start, end), indexes, ids)
-
-
-def swap_in(
-    collection: Collection,
-    documents: list[dict],
-    indexes: Iterable[Sequence[str]] = (),
-    unique_key: str | None = None,
-    before_swap: Callable[[], None] | None = None,
-) -> int:
-    """Replace `collection` with `documents` as a whole: staging collection, indexes, then one
-    `renameCollection(dropTarget=True)`. A reader sees the old content or the new, never a mix; a
-    failure before the rename leaves the collection as it was, and a staging collection left by a
-    killed write is dropped by the next one. `before_swap` runs once staging is complete.
-    Returns the number of documents written."""
-    database = collection.database
-    for stale in database.list_collection_names():
-        if stale.startswith(collection.name + STAGING_MARK):
-            database.drop_collection(stale)
-    staging = database[f"{collection.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"]
-    try:
-        written = 0
-        for batch in chunked(documents, INSERT_BATCH):
-            written += len(staging.insert_many(batch, ordered=False).inserted_ids)
-        if written != len(documents):
-            raise RuntimeError(f"staging {staging.name} holds {written} documents, expected {len(documents)}")
-        if unique_key:
-            staging.create_index([(unique_key, ASCENDING)], unique=True)
-        ensure_indexes(staging, indexes)
-        if before_swap is not None:
-            before_swap()
-        if documents:
-            staging.rename(collection.name, dropTarget=True)
-        else:  # an empty staging collection does not exist to be renamed
-            collection.drop()
-            ensure_indexes(collection, indexes)
-    finally:
-        staging.drop()
-    return written
-
-
-def replace_collection(collection: Collection, frame: pd.DataFrame, indexes: Iterable[Sequence[str]] = ()) -> int:
-    """Swap the whole collection for `frame` at once (see :func:`swap_in`)."""
-    return swap_in(collection, frame_to_documents(frame), indexes)
-
-
 def read_frame(collection: Collection, query: dict | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Documents as a DataFrame without `_id` or the write id; date columns come back as UTC."""
-    projection = {c: 1 for c in columns} if columns else {WRITE_ID_FIELD: 0}
-    projection["_id"] = 0
-    documents = list(collection.find(query or {}, projection))
+    """A collection that is not written through slice commits (the runtime's, the catalogue's) as a
+    DataFrame; see :class:`twotower_pipeline.store.slices.SlicedCollection` for the ones that are."""
+    projection = {c: 1 for c in columns} if columns else None
+    return documents_to_frame(list(collection.find(query or {}, projection)), columns)
+
+
+def documents_to_frame(documents: list[dict], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Documents as a DataFrame without `_id` or bookkeeping fields (`_`-prefixed); dates as UTC."""
     frame = pd.DataFrame(documents, columns=list(columns) if columns else None)
+    frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")])
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
             frame[column] = frame[column].dt.tz_convert("UTC")  # bson's own UTC tzinfo -> pandas UTC

@@ -3,12 +3,19 @@
 import datetime as dt
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
-from twotower_pipeline.ingest.flatten import REASONS, fetch_runtime_window, flatten_runtime_logs
+from twotower_pipeline.ingest.flatten import (
+    REASONS,
+    document_copy,
+    fetch_runtime_window,
+    find_undated,
+    flatten_runtime_logs,
+)
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.store import names
 
@@ -74,9 +81,7 @@ class FlattenConfig(dg.Config):
             group_name=GROUP,
             kinds={"mongodb", "pandas"},
             description="One row per customer/offer exposure; `accepted` is 1 when a response accepted the offer.",
-            # `_id`s carry the exposure time, so the `_id` index serves day slices and windows: a
-            # secondary index costs about as much per insert as the row itself on the embedded server.
-            metadata={"partition_expr": "datetime", "mongo_time_ordered_ids": True},
+            metadata={"partition_expr": "datetime"},
             code_version="1",
         ),
         "ecosystemruntime_flatten_quarantine": dg.AssetOut(
@@ -85,7 +90,7 @@ class FlattenConfig(dg.Config):
             group_name=GROUP,
             kinds={"mongodb", "pandas"},
             description="Log documents and exposures set aside, with the reason and the raw document.",
-            metadata={"partition_expr": "datetime", "mongo_time_ordered_ids": True},
+            metadata={"partition_expr": "datetime"},
             code_version="1",
         ),
     },
@@ -114,15 +119,21 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
     window = context.partition_time_window
     if config.ensure_source_indexes:
         ensure_source_indexes(mongo.store())
-    presented, responses, orphans = fetch_runtime_window(
+    fetched = fetch_runtime_window(
         mongo.store(), window.start, window.end, dt.timedelta(days=config.response_window_days)
     )
-    result = flatten_runtime_logs(presented, responses, (window.start, window.end), orphans)
+    result = flatten_runtime_logs(
+        fetched.presented, fetched.responses, (window.start, window.end), fetched.orphan_responses,
+        fetched.naive_responses, fetched.earlier_uuids,
+    )
     exposures, counts = result.exposures, result.counts
     context.log.info(
         f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {counts['presented']} presented documents, "
         f"{counts['exposures']} exposures, {counts['accepted']} accepted, {counts['quarantined']} quarantined"
     )
+    note = _quiet_note(counts)
+    if note:
+        context.log.info(note)
     yield dg.Output(
         exposures,
         output_name="ecosystemruntime_flatten",
@@ -138,12 +149,14 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
             "predictors": dg.MetadataValue.json(sorted(exposures["predictor"].unique().tolist())),
             "quarantined": counts["quarantined"],
             "rejected_share": result.rejected_share,
+            **({"note": note} if note else {}),
         },
     )
     yield dg.Output(
         result.quarantine,
         output_name="ecosystemruntime_flatten_quarantine",
-        metadata={"quarantined": counts["quarantined"], **{f"rejected_{r}": counts[f"rejected_{r}"] for r in REASONS}},
+        metadata={"quarantined_documents": len(result.quarantine),
+                  **{f"rejected_{r}": counts[f"rejected_{r}"] for r in REASONS}},
     )
     yield schema_check(FLATTEN_KEY, exposures, FLATTEN_SCHEMA)
     yield no_null_keys_check(FLATTEN_KEY, exposures, ["customer_id", "offer", "uuid"])
@@ -157,4 +170,53 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
             "threshold": config.max_rejected_share,
             **{r: counts[f"rejected_{r}"] for r in REASONS if counts[f"rejected_{r}"]},
         },
+    )
+
+
+def _quiet_note(counts: dict) -> str | None:
+    """Why a slice is empty or all declines, when the logs were quiet rather than wrong."""
+    if counts["presented"] == 0:
+        return "no presented documents in this window: the slice is empty"
+    if counts["responses"] == 0:
+        return "no responses for this window's documents: every exposure is a decline"
+    return None
+
+
+UNDATED_KEY = dg.AssetKey(names.FLATTEN_UNDATED.split("."))
+
+
+@dg.asset(
+    key=UNDATED_KEY,
+    deps=[presented_logs, response_logs],
+    io_manager_key="mongo_frame_io_manager",
+    group_name=GROUP,
+    kinds={"mongodb", "pandas"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_undated_documents",
+            asset=UNDATED_KEY,
+            description="Fails while runtime documents without a readable date_log exist: no day's flatten reads them.",
+        )
+    ],
+)
+def ecosystemruntime_flatten_undated(context: dg.AssetExecutionContext, mongo: MongoResource):
+    """Runtime documents whose `date_log` is missing or not a date: no daily slice can hold them,
+    so they are found by a scan, counted and kept here with the raw document."""
+    rows = [
+        {"uuid": str(doc["uuid"]) if doc.get("uuid") not in (None, "") else None,
+         "predictor": doc.get("predictor") if isinstance(doc.get("predictor"), str) else None,
+         "source": source, "reason": "undated", "detail": detail, "document": document_copy(doc)}
+        for source, doc, detail in find_undated(mongo.store())
+    ]
+    frame = pd.DataFrame(rows, columns=["uuid", "predictor", "source", "reason", "detail", "document"])
+    by_source = {f"undated_{source}": int((frame["source"] == source).sum()) for source in ("presented", "response")}
+    if len(frame):
+        context.log.warning(f"{len(frame)} runtime documents have no readable date_log: {by_source}")
+    yield dg.Output(frame, metadata={"undated_documents": len(frame), **by_source})
+    yield dg.AssetCheckResult(
+        asset_key=UNDATED_KEY,
+        check_name="no_undated_documents",
+        passed=frame.empty,
+        metadata={"undated_documents": len(frame), **by_source},
     )

@@ -17,7 +17,8 @@ from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
-from twotower_pipeline.store import frames, names
+from twotower_pipeline.store import embeddings, frames, names
+from twotower_pipeline.store.slices import SlicedCollection
 
 GROUP = "model_training"
 
@@ -54,11 +55,13 @@ class TwoTowerConfig(dg.Config):
     temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
     validation_split: float = Field(default=_DEFAULTS.validation_split, description="Share held out for validation.")
     seed: int = Field(default=_DEFAULTS.seed, description="Same seed, same data, same machine: same model.")
-    run_id: Optional[str] = Field(default=None, description="Generated when empty.")
+    run_id: Optional[str] = Field(default=None, description="Generated when empty (letters, digits, _ - .).")
 
     @model_validator(mode="after")
     def _valid_parameters(self):
         self.params()  # raises ValueError naming the parameter, its value and the allowed range
+        if self.run_id is not None:
+            embeddings.check_run_id(self.run_id)
         return self
 
     def params(self) -> TrainingParams:
@@ -67,17 +70,22 @@ class TwoTowerConfig(dg.Config):
 
 @dg.asset(
     key="two_tower_model",
-    ins={"training_frame": dg.AssetIn("training_frame")},
+    # The frame is read in the body, after the parameters were checked: an input would be loaded
+    # before the config is, and a typo in the launchpad would cost a full read first.
+    deps=["training_frame"],
     io_manager_key="artefact_io_manager",
     group_name=GROUP,
     kinds={"pytorch", "mongodb"},
     code_version=_model_code_version(),
 )
 def two_tower_model(
-    context: dg.AssetExecutionContext, config: TwoTowerConfig, mongo: MongoResource, training_frame: pd.DataFrame
+    context: dg.AssetExecutionContext, config: TwoTowerConfig, mongo: MongoResource
 ) -> dg.Output[TrainedRun]:
     """Customer and offer towers trained jointly on the cosine; writes the run document."""
     params = config.params()
+    training_frame = SlicedCollection(mongo.store(), names.TRAINING_FRAME).read()
+    if training_frame.empty:
+        raise dg.Failure(description=f"{names.TRAINING_FRAME} is empty: materialise training_frame first")
     predictors = sorted(training_frame["predictor"].dropna().unique()) if "predictor" in training_frame else []
     predictor = predictors[0] if len(predictors) == 1 else ",".join(predictors)
     run_id = config.run_id or new_run_id()
@@ -122,38 +130,12 @@ def two_tower_model(
     )
 
 
-def _published_checks(key: dg.AssetKey, collection, key_field: str, dim: int, expected: int):
-    """Checks on what the runtime will read: the live collection, read back after the swap."""
-    documents = list(collection.find({}, {"_id": 0, key_field: 1, "embedding": 1, "run_id": 1}))
-    vectors = [d.get("embedding") or [] for d in documents]
-    wrong_length = sum(len(v) != dim for v in vectors)
-    matrix = np.array([v for v in vectors if len(v) == dim], dtype=np.float64).reshape(-1, dim)
-    not_finite = int((~np.isfinite(matrix)).any(axis=1).sum())
-    off_unit = int((np.abs(np.linalg.norm(matrix, axis=1) - 1.0) > publishing.NORM_TOLERANCE).sum())
-    keys = {d.get(key_field) for d in documents}
-    runs = sorted({d.get("run_id") for d in documents})
-    yield dg.AssetCheckResult(
-        asset_key=key, check_name="unit_vectors_of_embedding_dim",
-        passed=bool(documents) and wrong_length == not_finite == off_unit == 0,
-        metadata={"vectors": len(documents), "embedding_dim": dim, "wrong_length": wrong_length,
-                  "not_finite": not_finite, "not_unit_norm": off_unit},
-    )
-    yield dg.AssetCheckResult(
-        asset_key=key, check_name="one_vector_per_key", passed=len(keys) == len(documents) and len(runs) == 1,
-        metadata={"vectors": len(documents), "distinct_keys": len(keys), "run_ids": ", ".join(map(str, runs))},
-    )
-    yield dg.AssetCheckResult(
-        asset_key=key, check_name="counts_match_sources", passed=len(documents) == expected,
-        metadata={"vectors": len(documents), "distinct_keys_in_sources": expected},
-    )
-
-
 EMBEDDING_CHECKS = ("unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources")
 
 
-def _embedding_asset(name: str, location: str, source_location: str, source_field: str, build, description: str):
-    """An asset publishing one tower's vectors for every key of `source_location` and the window."""
-    key = dg.AssetKey(name)
+def _embedding_asset(tower: str, source_location: str, source_field: str, build, description: str):
+    """An asset keeping one tower's vectors of a run: every key of `source_location` and of the window."""
+    key = dg.AssetKey(f"{tower}_embeddings")
 
     @dg.asset(
         key=key,
@@ -165,8 +147,7 @@ def _embedding_asset(name: str, location: str, source_location: str, source_fiel
         deps=[dg.AssetKey(source_location.split("."))],
         group_name=GROUP,
         kinds={"mongodb"},
-        metadata={"mongo_collection": location},
-        check_specs=[dg.AssetCheckSpec(n, asset=key) for n in EMBEDDING_CHECKS],
+        check_specs=[dg.AssetCheckSpec(n, asset=key, blocking=True) for n in EMBEDDING_CHECKS],
         description=description,
     )
     def embeddings_asset(context: dg.AssetExecutionContext, mongo: MongoResource, two_tower_model: TrainedRun,
@@ -176,26 +157,115 @@ def _embedding_asset(name: str, location: str, source_location: str, source_fiel
         embedding_set = build(two_tower_model, source, training_frame)
         window_keys = training_frame[embedding_set.key_field]
         expected = len({str(v) for v in source.get(source_field, [])} | {str(v) for v in window_keys})
-        outcome = publishing.publish(store, location, two_tower_model, embedding_set)  # refuses bad vectors
-        context.log.info(f"{location} now serves run {two_tower_model.run_id} ({outcome['written']} vectors)")
+        publisher = embeddings.Publisher(store, publishing.DATABASE)
+        try:
+            written = publishing.keep_run_vectors(publisher, two_tower_model, embedding_set,
+                                                  owner={"dagster_run_id": context.run_id})
+        except ValueError as error:  # vectors that break the contract are never kept
+            raise dg.Failure(description=str(error)) from None
+        location = publisher.run_location(tower, two_tower_model.run_id)
+        stored = SlicedCollection(store, location).count()  # read back: what a publish would copy
+        context.log.info(f"run {two_tower_model.run_id}: {written} {tower} vectors kept in {location}")
         yield dg.MaterializeResult(
             asset_key=key,
-            metadata={"run_id": two_tower_model.run_id, "collection": location, "dagster/row_count": outcome["written"],
-                      "previous_run_id": outcome["previous_run_id"] or "none", **embedding_set.sources},
+            metadata={"run_id": two_tower_model.run_id, "collection": location, "dagster/row_count": written,
+                      **embedding_set.sources},
         )
-        yield from _published_checks(key, store.collection(location), embedding_set.key_field,
-                                     two_tower_model.model.embedding_dim, expected)
+        yield from _embedding_checks(key, embedding_set, two_tower_model.model.embedding_dim, stored, expected)
 
     return embeddings_asset
 
 
+def _embedding_checks(key: dg.AssetKey, embedding_set: publishing.EmbeddingSet, dim: int, stored: int,
+                      expected: int):
+    vectors = embedding_set.vectors
+    norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else np.array([])
+    yield dg.AssetCheckResult(
+        asset_key=key, check_name="unit_vectors_of_embedding_dim",
+        passed=not embedding_set.problems(dim),
+        metadata={"vectors": len(vectors), "embedding_dim": dim,
+                  "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else 0.0},
+    )
+    yield dg.AssetCheckResult(
+        asset_key=key, check_name="one_vector_per_key", passed=len(set(embedding_set.keys)) == stored,
+        metadata={"vectors": stored, "distinct_keys": len(set(embedding_set.keys))},
+    )
+    yield dg.AssetCheckResult(
+        asset_key=key, check_name="counts_match_sources", passed=stored == expected,
+        metadata={"vectors": stored, "distinct_keys_in_sources": expected},
+    )
+
+
 user_embeddings = _embedding_asset(
-    "user_embeddings", publishing.USER_EMBEDDINGS, names.CUSTOMER_FEATURES, names.CUSTOMER_KEY,
-    publishing.user_embedding_set,
-    "Every customer's vector `{run_id, customer_id, embedding}`, swapped in whole per run.",
+    "user", names.CUSTOMER_FEATURES, names.CUSTOMER_KEY, publishing.user_embedding_set,
+    "The run's own vector for every customer `{run_id, customer_id, embedding}`, kept for publishing and rollback.",
 )
 item_embeddings = _embedding_asset(
-    "item_embeddings", publishing.ITEM_EMBEDDINGS, names.OFFER_MATRIX, names.OFFER_KEY,
-    publishing.item_embedding_set,
-    "Every offer's vector `{run_id, offer, embedding}`, swapped in whole per run.",
+    "item", names.OFFER_MATRIX, names.OFFER_KEY, publishing.item_embedding_set,
+    "The run's own vector for every offer `{run_id, offer, embedding}`, kept for publishing and rollback.",
 )
+
+RUNTIME_CHECKS = {
+    "same_run_in_both": "Both live collections hold this run's vectors and no other run's.",
+    "counts_match_run": "Each live collection holds exactly the run's vectors.",
+    "unit_vectors_of_embedding_dim": "Every live vector is finite, unit length, `embedding_dim` long.",
+    "one_vector_per_key": "A unique index on customer_id / offer: one vector per key.",
+}
+
+
+@dg.asset(
+    key="runtime_embeddings",
+    ins={"two_tower_model": dg.AssetIn("two_tower_model")},
+    deps=[user_embeddings, item_embeddings],
+    group_name=GROUP,
+    kinds={"mongodb"},
+    check_specs=[dg.AssetCheckSpec(n, asset="runtime_embeddings", blocking=True, description=d)
+                 for n, d in RUNTIME_CHECKS.items()],
+    description="What the runtime reads: `two_tower_user_embeddings` and `two_tower_item_embeddings`, "
+    "switched to one run together through the publish journal, verified after the swap.",
+)
+def runtime_embeddings(context: dg.AssetExecutionContext, mongo: MongoResource, two_tower_model: TrainedRun):
+    """Publish the run's user and item vectors as one unit (see `store.embeddings`)."""
+    publisher = embeddings.Publisher(mongo.store(), publishing.DATABASE)
+    try:
+        outcome = publisher.publish(two_tower_model.run_id, owner={"dagster_run_id": context.run_id})
+    except embeddings.PublishError as error:
+        if error.report is not None:
+            yield from _runtime_checks(error.report)
+        raise dg.Failure(description=str(error)) from None
+    if outcome["recovered"]:
+        context.log.warning(outcome["recovered"])
+    context.log.info(f"the runtime now serves run {outcome['run_id']} (previous: {outcome['previous_run_id']})")
+    yield dg.MaterializeResult(
+        metadata={"run_id": outcome["run_id"], "previous_run_id": outcome["previous_run_id"] or "none",
+                  "users": outcome["users"], "items": outcome["items"],
+                  "collections": f"{publishing.USER_EMBEDDINGS}, {publishing.ITEM_EMBEDDINGS}",
+                  **({"recovered": outcome["recovered"]} if outcome["recovered"] else {})},
+    )
+    yield from _runtime_checks(outcome["report"])
+
+
+def _runtime_checks(report: embeddings.LiveReport):
+    towers = list(report.documents)
+    yield dg.AssetCheckResult(
+        check_name="same_run_in_both", passed=not any(report.other_runs.values()),
+        metadata={"run_id": report.run_id, **{f"{t}_other_run_documents": report.other_runs[t] for t in towers}},
+    )
+    yield dg.AssetCheckResult(
+        check_name="counts_match_run", passed=report.documents == report.expected,
+        metadata={**{f"{t}_documents": report.documents[t] for t in towers},
+                  **{f"{t}_expected": report.expected[t] for t in towers}},
+    )
+    yield dg.AssetCheckResult(
+        check_name="unit_vectors_of_embedding_dim",
+        passed=not any(report.wrong_length.values()) and not any(report.not_finite.values())
+        and not any(report.not_unit.values()),
+        metadata={"embedding_dim": report.embedding_dim,
+                  **{f"{t}_wrong_length": report.wrong_length[t] for t in towers},
+                  **{f"{t}_not_finite": report.not_finite[t] for t in towers},
+                  **{f"{t}_not_unit_length": report.not_unit[t] for t in towers}},
+    )
+    yield dg.AssetCheckResult(
+        check_name="one_vector_per_key", passed=all(report.unique_key.values()),
+        metadata={f"{t}_unique_key_index": report.unique_key[t] for t in towers},
+    )

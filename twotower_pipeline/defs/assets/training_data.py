@@ -11,9 +11,14 @@ from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, FLATTEN_SCHE
 from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.training_frame import build_training_frame
+from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.store import frames, names
+from twotower_pipeline.store.slices import SlicedCollection
 
 TRAINING_FRAME_SCHEMA = {c: FLATTEN_SCHEMA[c] for c in ("customer_id", "offer", "accepted", "price", "rank", "score")}
+
+
+UTC = dt.timezone.utc
 
 
 def _parse_day(value: str, field: str) -> dt.datetime:
@@ -47,20 +52,28 @@ class TrainingFrameConfig(dg.Config):
             raise ValueError(f"from_date {self.from_date} must be before to_date {self.to_date}")
         return self
 
-    def query(self) -> dict:
-        """The flatten rows of this slice; the window is an `_id` range (flatten `_id`s carry the time)."""
-        query: dict = {"predictor": self.predictor}
-        if self.from_date or self.to_date:
-            start = (
-                _parse_day(self.from_date, "from_date")
-                if self.from_date
-                else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-            )
-            end = (
-                _parse_day(self.to_date, "to_date") if self.to_date else dt.datetime(2106, 1, 1, tzinfo=dt.timezone.utc)
-            )
-            query.update(frames.time_range_filter(start, end))
-        return query
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        start = _parse_day(self.from_date, "from_date") if self.from_date else dt.datetime.min.replace(tzinfo=UTC)
+        end = _parse_day(self.to_date, "to_date") if self.to_date else dt.datetime.max.replace(tzinfo=UTC)
+        return start, end
+
+    def read_exposures(self, store) -> pd.DataFrame:
+        """The committed flatten rows of this predictor and window: the days of the window are
+        looked up by their slices' write ids, the predictor on the server, the exact bounds here."""
+        start, end = self.window()
+        flatten = SlicedCollection(store, names.FLATTEN)
+        committed = flatten.committed_write_ids() or {}
+        days = [k for k in committed if _overlaps(daily_partitions.time_window_for_partition_key(k), start, end)]
+        exposures = flatten.read(days, query={"predictor": self.predictor})
+        if len(exposures) and self.from_date:
+            exposures = exposures[exposures["datetime"] >= start]
+        if len(exposures) and self.to_date:
+            exposures = exposures[exposures["datetime"] < end]
+        return exposures.reset_index(drop=True)
+
+
+def _overlaps(window: dg.TimeWindow, start: dt.datetime, end: dt.datetime) -> bool:
+    return window.start < end and window.end > start
 
 
 @dg.asset(
@@ -76,6 +89,8 @@ class TrainingFrameConfig(dg.Config):
         dg.AssetCheckSpec("no_null_keys", asset="training_frame", blocking=True),
         dg.AssetCheckSpec("accept_rate_between_0_and_1", asset="training_frame", blocking=True),
         dg.AssetCheckSpec("enough_accepted_rows", asset="training_frame", blocking=True),
+        dg.AssetCheckSpec("unique_exposures", asset="training_frame", blocking=True,
+                          description="Each exposure (uuid, offer) appears once: no slice was read twice."),
     ],
 )
 def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfig, mongo: MongoResource):
@@ -83,7 +98,7 @@ def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfi
     `[from_date, to_date)`, joined with customer features and the offer matrix, typed and cleaned."""
     store = mongo.store()
     flatten = store.collection(names.FLATTEN)
-    exposures = frames.read_frame(flatten, config.query())
+    exposures = config.read_exposures(store)  # committed slices only
     if exposures.empty:
         known = sorted(p for p in flatten.distinct("predictor") if p)
         raise dg.Failure(
@@ -122,6 +137,14 @@ def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfi
         check_name="enough_accepted_rows",
         passed=stats["accepted"] >= config.min_accepted_rows,
         metadata={"accepted": stats["accepted"], "minimum": config.min_accepted_rows},
+    )
+    keyed = {"uuid", "offer"} <= set(frame.columns)
+    duplicated = int(frame.duplicated(["uuid", "offer"]).sum()) if keyed else len(frame)
+    yield dg.AssetCheckResult(
+        asset_key=key,
+        check_name="unique_exposures",
+        passed=keyed and duplicated == 0,
+        metadata={"duplicated_exposures": duplicated, "rows": len(frame)},
     )
 
 
