@@ -3,6 +3,7 @@ unless MONGODB_URI is set. Safe to run again: loaders skip what is loaded, asset
 
 from __future__ import annotations
 
+import os
 import time
 
 import dagster as dg
@@ -25,8 +26,10 @@ def load_sample_logs(store, log=print) -> str:
     else:
         from twotower_pipeline.ingest.simulator import simulate_traffic
 
-        log(f"{datasets.data_root()} has no {datasets.MOVIELENS}: using the synthetic traffic simulator")
-        logs = simulate_traffic().logs
+        requests = int(os.environ.get("TWOTOWER_DEMO_REQUESTS", "20000"))
+        log(f"{datasets.data_root()} has no {datasets.MOVIELENS}: using the synthetic traffic simulator "
+            f"({requests} requests)")
+        logs = simulate_traffic(n_requests=requests).logs
     outcome = write_runtime_logs(store, logs)
     state = "written" if outcome["written"] else "already loaded"
     log(
@@ -88,11 +91,10 @@ def run_demo() -> int:
     print(f"materialising training_frame for predictor {predictor}")
     result = materialize(["training_frame"], {"training_frame": {"config": {"predictor": predictor}}})
     frame_meta = _materialization_metadata(result, dg.AssetKey("training_frame"))
-    print("training two_tower_model and exporting user_embeddings and item_embeddings")
-    result = materialize(["two_tower_model", "user_embeddings", "item_embeddings"])
+    print("training two_tower_model, keeping its user and item vectors, publishing them to the runtime")
+    result = materialize(["two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"])
     model_meta = _materialization_metadata(result, dg.AssetKey("two_tower_model"))
-    users_meta = _materialization_metadata(result, dg.AssetKey("user_embeddings"))
-    items_meta = _materialization_metadata(result, dg.AssetKey("item_embeddings"))
+    published = _materialization_metadata(result, dg.AssetKey("runtime_embeddings"))
 
     print("\nsummary")
     print(
@@ -106,8 +108,8 @@ def run_demo() -> int:
     print(f"  model:          run {model_meta['run_id']}, {model_meta['epochs_run']} epochs (best "
           f"{model_meta['best_epoch']}), user_auc {model_meta['validation_user_auc']:.3f}, "
           f"item_auc {model_meta['validation_item_auc']:.3f}, {model_meta['examples_per_second']:,.0f} examples/s")
-    print(f"  embeddings:     {users_meta['dagster/row_count']} customers, {items_meta['dagster/row_count']} offers "
-          f"(previous run: {users_meta['previous_run_id']})")
+    print(f"  embeddings:     {published['users']} customers, {published['items']} offers, live and verified "
+          f"(previous run: {published['previous_run_id']})")
     print(f"  took {time.monotonic() - started:.0f}s; open the UI with `make ui` (dagster dev) to browse it")
     return 0
 

@@ -1,6 +1,7 @@
 """The flatten and training-frame assets, materialised against the real server."""
 
 import datetime as dt
+import json
 
 import dagster as dg
 import pandas as pd
@@ -14,6 +15,7 @@ from twotower_pipeline_tests.runtime_docs import DAY, presented, response
 
 FLATTEN = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
 QUARANTINE = dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])
+UNDATED = dg.AssetKey(["logging", "ecosystemruntime_flatten_undated"])
 ASSETS = list(defs.assets)
 
 
@@ -111,6 +113,70 @@ def test_rejected_share_threshold_is_configurable(mongo, store):
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["rejected_share_below_threshold"] is True
+
+
+def _metadata(result, key) -> dict:
+    [event] = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def test_quiet_days_materialise_empty_slices_with_a_note(mongo, store):
+    _seed_logs(store)
+    assert _flatten(mongo, tags=RANGE, run_config=LENIENT).success
+    # a day without any logs: an empty slice, and the day's earlier rows (none here) would be gone
+    quiet = _flatten(mongo, partition_key="2024-03-10", run_config=LENIENT)
+    assert quiet.success
+    assert _metadata(quiet, FLATTEN)["note"] == "no presented documents in this window: the slice is empty"
+    committed = SlicedCollection(store, names.FLATTEN).record()["slices"]
+    assert committed["2024-03-10"]["rows"] == 0
+    # a day with requests but no response yet: every exposure a decline, said so
+    store.collection(names.PRESENTED).insert_one(presented("q1", when=DAY + dt.timedelta(days=6, hours=3)))
+    declines = _flatten(mongo, partition_key="2024-03-11", run_config=LENIENT)
+    assert declines.success
+    metadata = _metadata(declines, FLATTEN)
+    assert metadata["note"] == "no responses for this window's documents: every exposure is a decline"
+    assert metadata["exposures"] == 3 and metadata["accepted"] == 0
+    assert len(SlicedCollection(store, names.FLATTEN).read()) == 8 + 3
+
+
+def test_documents_without_a_readable_date_are_found_counted_and_kept(mongo, store):
+    _seed_logs(store)
+    bad = [presented("u1", date_log=None), presented("u2", date_log="yesterday"), presented("u3", date_log=1234),
+           {k: v for k, v in presented("u4").items() if k != "date_log"}]
+    store.collection(names.PRESENTED).insert_many(bad)
+    store.collection(names.RESPONSES).insert_one({k: v for k, v in response("r1").items() if k != "date_log"})
+    # a response whose date has no timezone belongs to a day: that day's flatten sets it aside
+    store.collection(names.RESPONSES).insert_one(response("r2", accepted=("b",), when="2024-03-05T12:00:00"))
+    result = dg.materialize(ASSETS, resources=build_resources(mongo), tags=RANGE, run_config=LENIENT,
+                            selection=[FLATTEN, QUARANTINE, UNDATED], raise_on_error=False)
+    undated = SlicedCollection(store, names.FLATTEN_UNDATED).read().sort_values("detail")
+    assert sorted(zip(undated["source"], undated["uuid"].fillna("-"))) == [
+        ("presented", "u1"), ("presented", "u2"), ("presented", "u3"), ("presented", "u4"), ("response", "r1")]
+    assert all(json.loads(d)["uuid"] in {"u1", "u2", "u3", "u4", "r1"} for d in undated["document"])
+    checks = {(e.asset_key, e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks[(UNDATED, "no_undated_documents")] is False
+    quarantine = SlicedCollection(store, names.FLATTEN_QUARANTINE).read()
+    naive = quarantine[quarantine["reason"] == "naive_datetime"]
+    assert naive["source"].tolist() == ["response"] and naive["uuid"].tolist() == ["r2"]
+    # the accept it carried is not counted (nor silently lost: it is in the quarantine)
+    flat = SlicedCollection(store, names.FLATTEN).read()
+    assert flat.loc[(flat["uuid"] == "r2") & (flat["offer"] == "b"), "accepted"].tolist() == [0]
+
+
+@pytest.mark.parametrize("order", [("2024-03-05", "2024-03-06"), ("2024-03-06", "2024-03-05")])
+def test_a_uuid_presented_on_two_days_belongs_to_the_first_whichever_is_flattened_first(mongo, store, order):
+    store.collection(names.PRESENTED).insert_many([
+        presented("dup", customer="first", offers=("a", "b")),
+        presented("dup", customer="again", offers=("a", "c"), when=DAY + dt.timedelta(days=1, hours=2)),
+    ])
+    anything = {"ops": {"ecosystemruntime_flatten": {"config": {"max_rejected_share": 1.0}}}}
+    for day in order:
+        assert _flatten(mongo, partition_key=day, run_config=anything).success
+    flat = SlicedCollection(store, names.FLATTEN).read()
+    assert sorted(zip(flat["customer_id"], flat["offer"])) == [("first", "a"), ("first", "b")]
+    quarantine = SlicedCollection(store, names.FLATTEN_QUARANTINE).read()
+    assert quarantine["reason"].tolist() == ["duplicate_uuid"]
+    assert "first presented at 2024-03-05T10:00:00+00:00" in quarantine["detail"].iloc[0]
 
 
 def _training_frame(mongo, **config):

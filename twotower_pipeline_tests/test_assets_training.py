@@ -148,6 +148,38 @@ def test_a_reader_during_publish_sees_one_run_and_a_failed_swap_is_rolled_forwar
     assert [n for n in store.database("logging").list_collection_names() if "__staging_" in n] == []
 
 
+def test_a_pair_that_fails_verification_after_the_swap_is_replaced_by_the_last_verified_one(trained_slice, store):
+    resources, _ = trained_slice
+    assert _train_and_export(resources, "run_a").success
+    publisher = embeddings.Publisher(store)
+    assert dg.materialize(ASSETS, resources=resources, selection=TRAIN_AND_PUBLISH[:3], run_config={
+        "ops": {"two_tower_model": {"config": {**FAST, "run_id": "run_b"}}}}).success
+    # a vector of run_b's own collection goes bad after it was kept (counts still match)
+    kept = store.collection(publisher.run_location("item", "run_b"))
+    kept.update_one({}, {"$set": {"embedding": [2.0] + [0.0] * 15}})
+    failed = dg.materialize(ASSETS, resources=resources, selection=["two_tower_model", "runtime_embeddings"],
+                            raise_on_error=False, run_config={"ops": {"two_tower_model": {"config": {
+                                **FAST, "run_id": "run_b"}}}})
+    assert not failed.success
+    checks = {e.check_name: e.passed for e in failed.get_asset_check_evaluations()}
+    assert checks["unit_vectors_of_embedding_dim"] is False and checks["same_run_in_both"] is True
+    assert _live_runs(store) == {"users": {"run_a"}, "items": {"run_a"}}  # the last verified pair is back
+    assert publisher.status()["live_run_id"] == "run_a"
+    assert publisher.status()["history"][-1]["event"] == "restored after a failed publish"
+    assert publisher.verify().problems() == []
+
+
+def test_training_parameters_are_checked_before_the_frame_is_read(mongo):
+    # no training frame exists: a bad parameter must be what stops the run, not the missing frame
+    result = dg.materialize(ASSETS, resources=build_resources(mongo), selection=["two_tower_model"],
+                            raise_on_error=False,
+                            run_config={"ops": {"two_tower_model": {"config": {"embedding_dim": 0}}}})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    message = str(failure.step_failure_data.error)
+    assert "embedding_dim=0 is out of range" in message and "training_frame" not in message
+
+
 def test_bad_training_parameters_are_refused_with_their_range():
     with pytest.raises(Exception, match=r"embedding_dim=512 is out of range; allowed 4\.\.256"):
         TwoTowerConfig(embedding_dim=512)

@@ -77,7 +77,7 @@ def test_jobs_and_schedules_are_defined():
     assert {n.name for n in defs.resolve_job_def("train_two_tower").nodes} == {
         "two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"}
     assert {n.name for n in defs.resolve_job_def("flatten_runtime_logs").nodes} == {
-        "ecosystemruntime_flatten", "ecosystemruntime_flatten_undated"}
+        "ecosystemruntime_flatten", "logging__ecosystemruntime_flatten_undated"}
     assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     schedule = defs.resolve_schedule_def("flatten_runtime_logs_schedule")
     assert schedule.cron_schedule == "30 0 * * *"

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 
+from twotower_pipeline.store import processes
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
 ASK_FOR_URI = (
@@ -61,3 +62,27 @@ def test_server_binds_to_loopback_only(tmp_path):
         assert args[args.index("--host") + 1] == "127.0.0.1"
     finally:
         server.stop()
+
+
+def test_a_state_file_whose_pid_and_port_now_belong_to_others_is_not_trusted(tmp_path):
+    other = EmbeddedMongo(tmp_path / "other")
+    mine = EmbeddedMongo(tmp_path / "mine")
+    try:
+        other_uri = other.uri()
+        other_state = json.loads(other.state_file.read_text())
+        pymongo.MongoClient(other_uri, directConnection=True).probe.items.insert_one({"k": "other's"})
+        mine.data_dir.mkdir(parents=True)
+        # the recorded pid is alive but is another process now (this one), and the recorded port
+        # is served by another project's server
+        mine.state_file.write_text(json.dumps({**processes.identity(), "port": other_state["port"], "token": "t0"}))
+        uri = mine.uri()
+        assert uri != other_uri
+        assert pymongo.MongoClient(uri, directConnection=True).probe.items.find_one() is None
+        # the same when the pid is the other server's own but the token is not ours
+        mine.stop()
+        mine.state_file.write_text(json.dumps({**other_state, "token": "not-ours"}))
+        assert mine.uri() != other_uri
+        assert other.running_uri() == other_uri  # and the other server was left alone
+    finally:
+        mine.stop()
+        other.stop()

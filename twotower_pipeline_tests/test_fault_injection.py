@@ -37,9 +37,9 @@ FLATTEN = ["logging/ecosystemruntime_flatten", "logging/ecosystemruntime_flatten
 RANGE = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
 TRAIN = ["two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"]
 FAST = {"epochs": 2, "batch_size": 128, "embedding_dim": 8, "hidden": 16}
-SMALL_BATCHES = "400"
+SMALL_BATCHES = "400"  # many insert batches, so "after the second batch" is the middle of a write
 #: A process whose server was killed gives up after 3 s instead of 20.
-QUICK = "?directConnection=true&serverSelectionTimeoutMS=3000"  # many insert batches, so "after the second batch" is the middle of a write
+QUICK = "?directConnection=true&serverSelectionTimeoutMS=3000"
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,8 @@ def test_a_train_job_killed_while_publishing_leaves_or_restores_one_whole_run(en
 def test_a_server_killed_during_the_staging_copy_then_rollback_restores_the_earlier_run(env, published):
     store = env["store"]
     _train_in_process(env, "run_b")
-    result = _finish(_start(env, TRAIN, run_config=_train_run("run_c"), fault="publish.staged_batch:kill-server"))
+    runner = _start(env, TRAIN, run_config=_train_run("run_c"), fault="publish.staged_batch:kill-server")
+    result = _finish(runner)
     assert result is not None and not result["success"]
     _restart(env)
     store = env["store"]

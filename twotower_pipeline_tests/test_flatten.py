@@ -80,6 +80,23 @@ def test_bad_exposures_are_set_aside_and_the_rest_of_the_request_kept():
     assert "final_result[3]" in reasons["malformed_offer"]
 
 
+def test_a_document_with_many_bad_offers_is_stored_once():
+    doc = presented("r1", offers=tuple(f"o{i}" for i in range(1000)))
+    for entry in doc["final_result"]:
+        entry["result"]["price"] = "free"
+    result = flat([doc])
+    assert result.counts["rejected_non_numeric_price"] == 1000
+    [row] = result.quarantine.to_dict("records")
+    assert row["items"] == 1000 and row["detail"].endswith("; and 995 more")
+    assert len(json.loads(row["document"])["final_result"]) == 1000
+    # a second reason on the same document gets its own row, without a second copy of the document
+    doc["final_result"][0]["result"]["score"] = "high"
+    doc["final_result"][0]["result"]["price"] = 1.0
+    rows = flat([doc]).quarantine.sort_values("reason")
+    assert rows["reason"].tolist() == ["non_numeric_price", "non_numeric_score"]
+    assert rows["document"].notna().sum() == 1
+
+
 def test_numeric_strings_are_numbers_and_missing_context_stays_missing():
     doc = presented("r1", offers=("a", "b"))
     doc["final_result"][0]["result"]["price"] = " 12.5 "

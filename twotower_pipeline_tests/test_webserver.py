@@ -6,6 +6,7 @@ asset was materialised; the test asks it what the UI asks it, over its GraphQL e
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from twotower_pipeline.definitions import build_resources, defs
 from twotower_pipeline.store import names
+from twotower_pipeline.store.slices import SlicedCollection
 from twotower_pipeline_tests.runtime_docs import presented, response
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +130,76 @@ def test_ui_shows_flatten_partitions_metadata_and_checks(webserver):
         "accept_rate_between_0_and_1",
         "rejected_share_below_threshold",
     }
+
+
+LAUNCH = """
+mutation ($params: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+STATUS = "query ($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+
+
+def _wait(what, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not (found := what()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_uri, database_prefix, store):
+    """`dagster dev` on the project's instance config, with MONGODB_URI set (the UI's path to an
+    existing MongoDB): a run launched from the UI is killed with SIGKILL mid-write; Dagster marks it
+    failed, and the slice it was writing is untouched."""
+    store.collection(names.PRESENTED).insert_many([presented("r1"), presented("r2", customer="c2")])
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "twotower_pipeline/instance/dagster.yaml").read_text())
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MONGODB_URI": mongo_uri,
+           "TWOTOWER_DATABASE_PREFIX": database_prefix, "TWOTOWER_FAULT": "slice.inserted_batch:pause",
+           "TWOTOWER_FAULT_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
+         str(port)], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        def location():
+            try:
+                entries = _graphql(port, LOCATION, {})["data"]["workspaceOrError"]["locationEntries"]
+            except OSError:
+                return None
+            return entries[0]["name"] if entries else None
+
+        name = _wait(location)
+        params = {"selector": {"repositoryLocationName": name, "repositoryName": "__repository__",
+                               "jobName": "flatten_runtime_logs"},
+                  "runConfigData": {}, "mode": "default",
+                  "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-03-05"}]}}
+        launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPipelineExecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        reached = tmp_path / "slice.inserted_batch.reached"
+        _wait(reached.exists)
+        step = int(reached.read_text())
+        worker = int(Path(f"/proc/{step}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the step's parent
+        os.kill(worker, signal.SIGKILL)
+        os.kill(step, signal.SIGKILL)
+
+        def ended():
+            status = _graphql(port, STATUS, {"id": run_id})["data"]["runOrError"]["status"]
+            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+        assert _wait(ended) == "FAILURE"
+        record = SlicedCollection(store, names.FLATTEN).record() or {}
+        assert record.get("slices", {}) == {}  # nothing of the killed write was committed
+        assert SlicedCollection(store, names.FLATTEN).read().empty
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

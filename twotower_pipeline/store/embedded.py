@@ -8,7 +8,6 @@ that owns the directory. The server outlives the process that started it; `stop(
 The state file is not trusted on its word: a pid can be reused by another process and a port by
 another server. A server is "ours" only if the pid is still the process that was started (same
 start time), and the server on the port holds the identity token written when it was started.
-A restarted server takes its old port again when it is free, so clients holding the URI reconnect.
 """
 
 from __future__ import annotations
@@ -157,9 +156,8 @@ class EmbeddedMongo:
         if not config.exists():
             config.write_text("# settings come from the command line\n")
         last_error = ""
-        previous = self._state() or {}
-        for attempt in range(3):
-            port = _free_port(previous.get("port") if attempt == 0 else None)
+        for _attempt in range(3):
+            port = _free_port()
             with open(self.log_file, "ab") as log:
                 process = subprocess.Popen(
                     [
@@ -212,18 +210,10 @@ def _server_executable() -> str:
     return found
 
 
-def _free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens there, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as sock:
-            # as a listening server does: connections of the old server in TIME_WAIT do not block it
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free port on the loopback interface")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
 
 
 def _owner(state: dict) -> dict:
