@@ -226,6 +226,7 @@ def test_a_train_job_killed_while_publishing_leaves_or_restores_one_whole_run(en
         assert journal["target_run_id"] == "run_b" and journal["from_run_id"] == "run_a"
         assert publisher.recover() == "an interrupted publish of run_b was rolled forward to run_b"
         expected = "run_b"  # ... and its sources were complete: rolled forward
+        assert publisher.status()["previous_run_id"] == "run_a"  # the run to roll back to is not lost
     else:
         expected = "run_a"  # killed before the journal: the live pair never moved
     assert _live(store) == {"user": [expected], "item": [expected]}

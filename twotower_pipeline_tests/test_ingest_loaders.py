@@ -264,6 +264,19 @@ def test_import_missing_column_and_unknown_type(tmp_path):
         load_exposures_file(tmp_path / "x.json", predictor="p")
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.csv", b"", "the file is empty"),
+    ("blank.csv", b"\n\n", "no header line and no data"),
+    ("latin1.csv", "customer_id,offer\nJos\xe9,a\n".encode("latin-1"), r"not UTF-8 text: byte b'\\xe9' on line 2"),
+    ("broken.parquet", b"PAR1 not really", "cannot be read as parquet"),
+])
+def test_import_files_that_cannot_be_read_name_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImportFileError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_exposures_file(path, predictor="p")
+
+
 def test_import_line_numbers_count_blank_lines_and_optional_columns_default(tmp_path):
     path = tmp_path / "blank.csv"
     path.write_text(

@@ -165,6 +165,17 @@ def _feature_column(values: pd.Series) -> pd.Series:
     return text.astype(object).where(present, None)
 
 
+def _first_undecodable(path: Path) -> str:
+    """Where the file stops being UTF-8, as a line number (the decoder's own offset is per chunk)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return f"not UTF-8 text: byte {raw[error.start:error.start + 1]!r} on line {line}"
+    return "not UTF-8 text"
+
+
 def read_exposures_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(exposures table, features): the validated exposures, and row by row the customer's
     feature columns, with `customer_id` and `__line__` (the row's position as reported).
@@ -178,11 +189,8 @@ def read_exposures_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ImportFileError(f"{path}: the file is empty", path=path)
     try:
         raw, unit, offset = _read(path)
-    except UnicodeDecodeError as error:
-        raise ImportFileError(
-            f"{path}: not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} at offset {error.start}); "
-            "save it as UTF-8 CSV", path=path,
-        ) from None
+    except UnicodeDecodeError:
+        raise ImportFileError(f"{path}: {_first_undecodable(path)}; save it as UTF-8 CSV", path=path) from None
     except pd.errors.EmptyDataError:
         raise ImportFileError(f"{path}: no header line and no data", path=path) from None
     except (pd.errors.ParserError, OSError, ValueError) as error:
