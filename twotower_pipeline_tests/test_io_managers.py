@@ -221,6 +221,33 @@ def test_artefacts_round_trip_through_gridfs_and_keep_versions(mongo, store):
     assert {f["metadata"]["kind"] for f in files.find()} == {"test_linear_model"}
 
 
+def test_a_downstream_step_loads_the_version_its_own_run_wrote_not_the_newest(mongo, store, tmp_path):
+    @dg.asset(key="linear_model", io_manager_key="artefacts")
+    def linear_model() -> LinearModel:
+        return LinearModel(np.ones((2, 2)))
+
+    @dg.asset(deps=[linear_model])
+    def concurrent_run() -> None:
+        """Another run saving a newer version between this run's two steps."""
+        artefacts.save_artefact(store, "linear_model", LinearModel(np.full((2, 2), 100.0)),
+                                {"dagster_run_id": "another-run"})
+
+    @dg.asset(deps=[concurrent_run])
+    def model_sum(linear_model: LinearModel) -> float:
+        return float(linear_model.weights.sum())
+
+    resources = {"artefacts": GridFSArtefactIOManager(mongo=mongo)}
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
+        result = dg.materialize([linear_model, concurrent_run, model_sum], resources=resources, instance=instance)
+        assert result.output_for_node("model_sum") == 4.0
+        # a later run of the downstream alone reads what the latest materialisation recorded
+        artefacts.save_artefact(store, "linear_model", LinearModel(np.full((2, 2), 7.0)), {"dagster_run_id": "x"})
+        later = dg.materialize([linear_model, concurrent_run, model_sum], resources=resources, instance=instance,
+                               selection=["model_sum"])
+        assert later.output_for_node("model_sum") == 4.0
+    assert artefacts.artefact_versions(store, "linear_model") == 3
+
+
 def test_unregistered_objects_are_not_stored(mongo):
     @dg.asset(io_manager_key="artefacts")
     def not_an_artefact() -> dict:
