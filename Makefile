@@ -24,16 +24,24 @@ $(DAGSTER_HOME)/dagster.yaml: twotower_pipeline/instance/dagster.yaml
 demo: install
 	$(BIN)/twotower demo
 
+# Two workers: most of a test's time is spent waiting on the server or a run's process. A module
+# stays on one worker (--dist loadscope): the fault-injection module shares a server it kills.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
 
-bench: install
+# faiss-cpu (the top-K benchmark's reference) is a benchmark extra, not a dependency of the project.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
-bench-quick: install
+bench-quick: install $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 check: install

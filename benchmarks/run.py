@@ -15,7 +15,8 @@ import time
 
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
-BENCHMARKS = ["benchmarks.bench_flatten", "benchmarks.bench_export", "benchmarks.bench_training"]
+BENCHMARKS = ["benchmarks.bench_flatten", "benchmarks.bench_export", "benchmarks.bench_training",
+              "benchmarks.bench_scoring"]
 
 
 def main(argv=None) -> int:

@@ -117,6 +117,16 @@ def cmd_embeddings_status(args) -> int:
     return 0
 
 
+def cmd_concept_test(args) -> int:
+    import json
+
+    from twotower_pipeline import offline
+
+    answer = offline.concept_test(_store(), args.run_id, args.customer_id, args.offers or None)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer["success"] else 1
+
+
 def cmd_demo(args) -> int:
     from twotower_pipeline.demo import run_demo
 
@@ -152,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("embeddings-status", help="which run the runtime serves, verified")
     status.add_argument("--recover", action="store_true", help="finish or undo an interrupted publish first")
     status.set_defaults(handler=cmd_embeddings_status)
+
+    concept = commands.add_parser("concept-test", help="rank offers for one customer with one run (SPEC §6)")
+    concept.add_argument("--run-id", required=True)
+    concept.add_argument("--customer-id", required=True)
+    concept.add_argument("--offers", nargs="*", help="offer names (default: the run's whole catalogue)")
+    concept.set_defaults(handler=cmd_concept_test)
 
     demo = commands.add_parser("demo", help="load sample logs and materialise every asset")
     demo.set_defaults(handler=cmd_demo)

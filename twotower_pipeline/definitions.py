@@ -2,11 +2,13 @@
 
 import dagster as dg
 
-from twotower_pipeline.defs.assets import runtime_logs, training, training_data
+from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
     flatten_runtime_logs_job,
+    publish_recommendations_job,
+    score_customers_job,
     train_two_tower_job,
     training_frame_job,
 )
@@ -25,8 +27,9 @@ def build_resources(mongo=None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([runtime_logs, training_data, training]),
-    jobs=[flatten_runtime_logs_job, training_frame_job, train_two_tower_job],
+    assets=dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
+    jobs=[flatten_runtime_logs_job, training_frame_job, train_two_tower_job, score_customers_job,
+          publish_recommendations_job],
     schedules=[daily_flatten_schedule],
     sensors=[orphaned_runs_sensor],
     resources=build_resources(),

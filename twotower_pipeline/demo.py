@@ -9,6 +9,7 @@ import time
 import dagster as dg
 
 from twotower_pipeline.definitions import defs
+from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.defs.run_health import fail_orphaned_runs, in_process_tags
 from twotower_pipeline.ingest import datasets
 from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
@@ -75,11 +76,12 @@ def run_demo() -> int:
         print(f"run {run_id} was left started by a killed process: marked failed")
     assets = list(defs.assets)
 
-    def materialize(selection, ops_config=None, tags=None) -> dg.ExecuteInProcessResult:
+    def materialize(selection, ops_config=None, tags=None, raise_on_error=True) -> dg.ExecuteInProcessResult:
         # INFO, not DEBUG, on the console: progress lines (epochs, counts) without the event stream
         run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": ops_config or {}}
         return dg.materialize(assets, instance=instance, resources=resources, selection=selection,
-                              run_config=run_config, tags={**in_process_tags(), **(tags or {})})
+                              run_config=run_config, tags={**in_process_tags(), **(tags or {})},
+                              raise_on_error=raise_on_error)
 
     flatten = dg.AssetKey(["logging", "ecosystemruntime_flatten"])
     print(f"materialising ecosystemruntime_flatten for {first}..{last} as one run")
@@ -91,10 +93,23 @@ def run_demo() -> int:
     print(f"materialising training_frame for predictor {predictor}")
     result = materialize(["training_frame"], {"training_frame": {"config": {"predictor": predictor}}})
     frame_meta = _materialization_metadata(result, dg.AssetKey("training_frame"))
-    print("training two_tower_model, keeping its user and item vectors, publishing them to the runtime")
-    result = materialize(["two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"])
+    print("training two_tower_model, keeping its user and item vectors, scoring it against the baselines, "
+          "publishing it to the runtime if it passes the gate")
+    result = materialize(["two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics",
+                          "runtime_embeddings"], raise_on_error=False)
     model_meta = _materialization_metadata(result, dg.AssetKey("two_tower_model"))
+    offline_meta = _materialization_metadata(result, dg.AssetKey("concept_test_metrics"))
+    if not result.success:
+        print(f"\nrun {model_meta['run_id']}: publish gate {offline_meta['gate']}; the runtime keeps the run it "
+              "served, no recommendations are written")
+        return 1
     published = _materialization_metadata(result, dg.AssetKey("runtime_embeddings"))
+    shards = score_shards.get_partition_keys()
+    print(f"scoring customers in {len(shards)} shards and publishing the recommendations")
+    result = materialize(["batch_recommendations", "published_recommendations"],
+                         tags={"dagster/asset_partition_range_start": shards[0],
+                               "dagster/asset_partition_range_end": shards[-1]})
+    scores_meta = _materialization_metadata(result, dg.AssetKey("published_recommendations"))
 
     print("\nsummary")
     print(
@@ -108,8 +123,13 @@ def run_demo() -> int:
     print(f"  model:          run {model_meta['run_id']}, {model_meta['epochs_run']} epochs (best "
           f"{model_meta['best_epoch']}), user_auc {model_meta['validation_user_auc']:.3f}, "
           f"item_auc {model_meta['validation_item_auc']:.3f}, {model_meta['examples_per_second']:,.0f} examples/s")
+    print(f"  offline:        ndcg@10 {offline_meta['two_tower_ndcg@10']:.3f}, recall@10 "
+          f"{offline_meta['two_tower_recall@10']:.3f} on {offline_meta['evaluated_customers']} customers' held-out "
+          f"accepts; publish gate {offline_meta['gate']} (model against baselines: the concept_test_metrics asset)")
     print(f"  embeddings:     {published['users']} customers, {published['items']} offers, live and verified "
           f"(previous run: {published['previous_run_id']})")
+    print(f"  recommendations: top-10 offers for {scores_meta['dagster/row_count']} customers in "
+          f"{scores_meta['collection']}")
     print(f"  took {time.monotonic() - started:.0f}s; open the UI with `make ui` (dagster dev) to browse it")
     return 0
 

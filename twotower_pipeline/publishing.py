@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline import offline
 from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.runs import TrainedRun
 from twotower_pipeline.store import embeddings, frames, names
@@ -93,12 +94,21 @@ def save_run_document(store: MongoStore, run: TrainedRun) -> None:
     runs.replace_one({"run_id": run.run_id}, run.run, upsert=True)
 
 
+def publish_run(store: MongoStore, run_id: str, owner: dict | None = None) -> dict:
+    """Make a run's kept pair what the runtime reads, if the run passed the publish gate (else
+    `offline.GateError`, and nothing changes)."""
+    offline.require_gate(store, run_id)
+    return embeddings.Publisher(store, DATABASE).publish(run_id, owner=owner)
+
+
 def export_run(store: MongoStore, run: TrainedRun) -> dict:
-    """Embed every customer and offer with a stored run and publish the pair (the CLI's path)."""
+    """Embed every customer and offer with a stored run and publish the pair (the CLI's path); the
+    run must have passed the publish gate."""
+    offline.require_gate(store, run.run_id)
     training_frame = SlicedCollection(store, names.TRAINING_FRAME).read(columns=["customer_id", "offer"])
     customers = frames.read_frame(store.collection(names.CUSTOMER_FEATURES))
     offers = frames.read_frame(store.collection(names.OFFER_MATRIX))
     publisher = embeddings.Publisher(store, DATABASE)
     keep_run_vectors(publisher, run, user_embedding_set(run, customers, training_frame))
     keep_run_vectors(publisher, run, item_embedding_set(run, offers, training_frame))
-    return publisher.publish(run.run_id)
+    return publish_run(store, run.run_id)

@@ -7,10 +7,14 @@ import os
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from twotower_pipeline.definitions import build_resources, defs
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest import datasets
+from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
+from twotower_pipeline.ingest.simulator import simulate_traffic
 from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
@@ -51,3 +55,18 @@ def shared_data() -> Path:
     if not (root / datasets.MOVIELENS).is_dir():
         pytest.skip(f"public data sets not found under {root} (set TWOTOWER_DATA_DIR)")
     return root
+
+
+@pytest.fixture
+def trained_slice(mongo, store):
+    """A small simulated predictor, flattened and framed, ready to train."""
+    traffic = simulate_traffic(n_customers=200, n_offers=20, n_requests=2500, days=3, seed=7)
+    write_runtime_logs(store, traffic.logs)
+    resources = build_resources(mongo)
+    tags = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
+    assert dg.materialize(list(defs.assets), resources=resources, tags=tags, selection=[
+        dg.AssetKey(["logging", "ecosystemruntime_flatten"]),
+        dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
+    assert dg.materialize(list(defs.assets), resources=resources, selection=["training_frame"], run_config={
+        "ops": {"training_frame": {"config": {"predictor": traffic.logs.predictor}}}}).success
+    return resources, traffic

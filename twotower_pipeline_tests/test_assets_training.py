@@ -11,8 +11,6 @@ from twotower_pipeline import publishing
 from twotower_pipeline.cli import main as cli_main
 from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.definitions import build_resources, defs
-from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
-from twotower_pipeline.ingest.simulator import simulate_traffic
 from twotower_pipeline.store import embeddings, names
 
 ASSETS = list(defs.assets)
@@ -22,28 +20,16 @@ RUN_FIELDS = {"run_id", "database", "flatten_collection", "user_column", "item_c
               "updated_at"}
 
 
-@pytest.fixture
-def trained_slice(mongo, store):
-    """A small simulated predictor, flattened and framed, ready to train."""
-    traffic = simulate_traffic(n_customers=200, n_offers=20, n_requests=2500, days=3, seed=7)
-    write_runtime_logs(store, traffic.logs)
-    resources = build_resources(mongo)
-    tags = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
-    assert dg.materialize(ASSETS, resources=resources, tags=tags, selection=[
-        dg.AssetKey(["logging", "ecosystemruntime_flatten"]),
-        dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
-    assert dg.materialize(ASSETS, resources=resources, selection=["training_frame"], run_config={
-        "ops": {"training_frame": {"config": {"predictor": traffic.logs.predictor}}}}).success
-    return resources, traffic
-
-
-TRAIN_AND_PUBLISH = ["two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"]
+TRAIN_AND_PUBLISH = ["two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics",
+                     "runtime_embeddings"]
+#: These tests are about publishing, not about model quality: a 3-epoch run passes this gate.
+OPEN_GATE = {"concept_test_metrics": {"config": {"min_ndcg_gain_over_popularity": -1.0, "min_auc": 0.0}}}
 
 
 def _train_and_export(resources, run_id, **config):
     return dg.materialize(
         ASSETS, resources=resources, selection=TRAIN_AND_PUBLISH,
-        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": run_id, **config}}}},
+        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": run_id, **config}}, **OPEN_GATE}},
     )
 
 
@@ -74,7 +60,7 @@ def test_training_writes_the_run_document_and_both_embedding_collections(trained
     assert {u["run_id"] for u in users} == {"run_a"}
     assert store.collection(publishing.USER_EMBEDDINGS).index_information()["customer_id_1"]["unique"]
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-    assert len(checks) == 10 and all(checks.values())
+    assert len(checks) == 11 and all(checks.values()) and checks[("concept_test_metrics", "publish_gate")]
     # the run's own vectors are kept beside the live ones, for rollback
     kept = embeddings.Publisher(store).run_counts("run_a")
     assert kept == {"user": len(users), "item": len(items)}
@@ -134,7 +120,7 @@ def test_a_reader_during_publish_sees_one_run_and_a_failed_swap_is_rolled_forwar
     monkeypatch.setattr(pymongo.collection.Collection, "rename", killed)
     failed = dg.materialize(
         ASSETS, resources=resources, selection=TRAIN_AND_PUBLISH, raise_on_error=False,
-        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": "run_c"}}}},
+        run_config={"ops": {"two_tower_model": {"config": {**FAST, "run_id": "run_c"}}, **OPEN_GATE}},
     )
     assert not failed.success
     assert _live_runs(store) == {"users": {"run_b"}, "items": {"run_b"}}
@@ -157,9 +143,10 @@ def test_a_pair_that_fails_verification_after_the_swap_is_replaced_by_the_last_v
     # a vector of run_b's own collection goes bad after it was kept (counts still match)
     kept = store.collection(publisher.run_location("item", "run_b"))
     kept.update_one({}, {"$set": {"embedding": [2.0] + [0.0] * 15}})
-    failed = dg.materialize(ASSETS, resources=resources, selection=["two_tower_model", "runtime_embeddings"],
+    failed = dg.materialize(ASSETS, resources=resources,
+                            selection=["two_tower_model", "concept_test_metrics", "runtime_embeddings"],
                             raise_on_error=False, run_config={"ops": {"two_tower_model": {"config": {
-                                **FAST, "run_id": "run_b"}}}})
+                                **FAST, "run_id": "run_b"}}, **OPEN_GATE}})
     assert not failed.success
     checks = {e.check_name: e.passed for e in failed.get_asset_check_evaluations()}
     assert checks["unit_vectors_of_embedding_dim"] is False and checks["same_run_in_both"] is True

@@ -33,7 +33,11 @@ EXPECTED_ASSETS = {
     "two_tower_model": (None, ["training_frame"]),
     "user_embeddings": (None, ["recommender_demos/customer_features", "training_frame", "two_tower_model"]),
     "item_embeddings": (None, ["recommender_demos/offer_matrix", "training_frame", "two_tower_model"]),
-    "runtime_embeddings": (None, ["item_embeddings", "two_tower_model", "user_embeddings"]),
+    "concept_test_metrics": (None, ["item_embeddings", "training_frame", "two_tower_model", "user_embeddings"]),
+    "runtime_embeddings": (None, ["concept_test_metrics", "item_embeddings", "two_tower_model", "user_embeddings"]),
+    "batch_recommendations": ("other", ["concept_test_metrics", "recommender_demos/offer_matrix", "training_frame",
+                                        "two_tower_model"]),
+    "published_recommendations": (None, ["batch_recommendations", "two_tower_model"]),
 }
 EXPECTED_CHECKS = {
     "logging/ecosystemruntime_flatten": {
@@ -49,6 +53,8 @@ EXPECTED_CHECKS = {
     "item_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
     "runtime_embeddings": {"same_run_in_both", "counts_match_run", "unit_vectors_of_embedding_dim",
                            "one_vector_per_key"},
+    "concept_test_metrics": {"publish_gate"},
+    "published_recommendations": {"one_run_every_shard"},
 }
 
 
@@ -75,7 +81,11 @@ def test_jobs_and_schedules_are_defined():
     assert defs.resolve_job_def("flatten_runtime_logs").partitions_def is not None
     assert defs.resolve_job_def("build_training_frame") is not None
     assert {n.name for n in defs.resolve_job_def("train_two_tower").nodes} == {
-        "two_tower_model", "user_embeddings", "item_embeddings", "runtime_embeddings"}
+        "two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics", "runtime_embeddings"}
+    scoring = defs.resolve_job_def("score_customers")
+    assert {n.name for n in scoring.nodes} == {"batch_recommendations"}
+    assert scoring.partitions_def.get_partition_keys() == [f"shard_{i:02d}_of_04" for i in range(4)]
+    assert {n.name for n in defs.resolve_job_def("publish_recommendations").nodes} == {"published_recommendations"}
     assert {n.name for n in defs.resolve_job_def("flatten_runtime_logs").nodes} == {
         "ecosystemruntime_flatten", "logging__ecosystemruntime_flatten_undated"}
     assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING

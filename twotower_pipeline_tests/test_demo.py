@@ -21,10 +21,11 @@ def test_the_demo_runs_end_to_end_on_the_server_named_by_mongodb_uri(tmp_path, m
                           text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert f"MongoDB at {mongo_uri}" in demo.stdout
-    assert "summary" in demo.stdout and "embeddings:" in demo.stdout
+    assert "summary" in demo.stdout and "embeddings:" in demo.stdout and "recommendations:" in demo.stdout
+    assert "publish gate passed" in demo.stdout
     assert not (tmp_path / "never-started").exists()  # no embedded server was started
     live = embeddings.Publisher(store).status()["live_run_id"]
     assert live and embeddings.Publisher(store).verify().problems() == []
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 3 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+        assert len(runs) == 4 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}

@@ -1,8 +1,10 @@
-"""Jobs and schedules: flatten yesterday's logs every night; build the training frame on demand."""
+"""Jobs and schedules: flatten yesterday's logs every night; build the training frame, train, score and
+publish on demand."""
 
 import dagster as dg
 
 from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten, ecosystemruntime_flatten_undated
+from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.defs.assets.training_data import training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
@@ -42,8 +44,22 @@ def training_parameters(config: TwoTowerConfig) -> dg.RunConfig:
 train_two_tower_job = dg.define_asset_job(
     "train_two_tower",
     selection=dg.AssetSelection.assets("two_tower_model", "user_embeddings", "item_embeddings",
-                                       "runtime_embeddings"),
+                                       "concept_test_metrics", "runtime_embeddings"),
     config=training_parameters,
-    description="Train the towers on the current training frame, keep both towers' vectors and publish "
-    "them to the runtime's collections as one unit.",
+    description="Train the towers on the current training frame, keep both towers' vectors, score the run "
+    "against the baselines and, if it passes the publish gate, publish it to the runtime's collections as one unit.",
+)
+
+score_customers_job = dg.define_asset_job(
+    "score_customers",
+    selection=dg.AssetSelection.assets("batch_recommendations"),
+    partitions_def=score_shards,
+    description="Top-K recommendations of the gated run for the selected customer shards (one run per shard in a "
+    "backfill, so workers score shards in parallel).",
+)
+
+publish_recommendations_job = dg.define_asset_job(
+    "publish_recommendations",
+    selection=dg.AssetSelection.assets("published_recommendations"),
+    description="Switch `two_tower_scores` to the gated run's recommendations once every shard is scored.",
 )

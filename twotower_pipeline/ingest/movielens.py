@@ -78,11 +78,16 @@ def offer_name(item_id) -> str:
     return f"movie_{int(item_id)}"
 
 
-def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predictor: str = PREDICTOR) -> RuntimeLogs:
-    ratings, users, movies = read_movielens(directory)
-    price = (2.99 + (movies["item_id"] % 3)).round(2)
+def movie_price(item_ids: pd.Series) -> pd.Series:
+    """The synthetic price of a movie (the data has none)."""
+    return (2.99 + (item_ids % 3)).round(2).astype(float)
+
+
+def offer_matrix_of(movies: pd.DataFrame) -> pd.DataFrame:
+    """The movies as an offer matrix (key `offer_name`): title, release year, genres, price."""
+    price = movie_price(movies["item_id"])
     genre_flags = movies[list(GENRES)].to_numpy(dtype=bool)
-    offer_matrix = pd.DataFrame(
+    return pd.DataFrame(
         {
             "offer_name": movies["item_id"].map(offer_name),
             "offer_id": movies["item_id"].astype(int),
@@ -96,7 +101,11 @@ def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predic
             "static_offers": False,
         }
     )
-    customer_features = pd.DataFrame(
+
+
+def customer_features_of(users: pd.DataFrame) -> pd.DataFrame:
+    """The users as customer features (key `customer_id`): age, gender, occupation, zip region."""
+    return pd.DataFrame(
         {
             "customer_id": users["user_id"].astype(str),
             "age": users["age"].astype(int),
@@ -106,6 +115,11 @@ def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predic
         }
     )
 
+
+def load_movielens(directory: str | Path, *, offers_per_request: int = 5, predictor: str = PREDICTOR) -> RuntimeLogs:
+    ratings, users, movies = read_movielens(directory)
+    price = movie_price(movies["item_id"])
+    offer_matrix, customer_features = offer_matrix_of(movies), customer_features_of(users)
     counts = ratings["item_id"].value_counts()
     popularity = np.log1p(counts) / np.log1p(counts.max())
     when = pd.to_datetime(ratings["timestamp"], unit="s", utc=True)

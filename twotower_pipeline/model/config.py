@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LOSSES = ("softmax", "mixed", "pointwise")
+HOLDOUTS = ("customer", "time")
+DECLINE_SAMPLING = ("auto", "off", "always")
 VALIDATION_METRICS = ("ndcg@k", "recall@k", "user_auc", "item_auc")
 
 # name -> (low, high) inclusive; floats marked by float bounds.
@@ -56,6 +58,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_vocabulary": (1, 100_000_000),
     "max_list_length": (1, 1024),
     "validation_split": (0.05, 0.5),
+    "holdout_days": (1, 3650),
     "metric_k": (1, 1000),
     "max_validation_users": (1, 10_000_000),
     "seed": (0, 2**32 - 1),
@@ -79,8 +82,11 @@ class TrainingParams:
     user_id_column: str = "customer_id"
     item_id_column: str = "offer"
     target_column: str = "accepted"
-    validation_split: float = 0.2
+    validation_split: float = 0.2      # share of each customer's exposures held out (holdout "customer")
     seed: int = 42
+    # --- ours: the held-out split (offline scoring rebuilds it from the same frame) ---
+    holdout: str = "customer"          # "customer": per-customer share; "time": the last holdout_days days
+    holdout_days: int = 7
     # --- ours: features ---
     side_features: bool = True         # also feed each tower the frame's columns its key determines
     id_embedding_dim: int = 32         # width of the customer / offer id embedding
@@ -99,6 +105,9 @@ class TrainingParams:
     logq_correction: bool = True       # subtract log sampling probability of each candidate
     remove_accidental_hits: bool = True  # mask in-batch candidates that are the row's own positive offer
     n_catalogue_negatives: int = 256   # uniform catalogue negatives per step for loss="mixed"
+    # a sampled decline pairs an accept's customer with a uniformly drawn catalogue offer (label 0):
+    # "auto" when the frame has no declines (implicit feedback), "always" beside real declines, "off"
+    decline_sampling: str = "auto"
     # --- ours: validation / runtime ---
     validation_metric: str = "ndcg@k"  # early-stopping metric (higher is better)
     metric_k: int = 10                 # K of recall@K / NDCG@K
@@ -150,8 +159,9 @@ class TrainingParams:
         for name in ("side_features", "logq_correction", "remove_accidental_hits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not one of {list(LOSSES)}")
+        for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(choices)}")
         if self.validation_metric not in VALIDATION_METRICS:
             raise ValueError(f"validation_metric={self.validation_metric!r} is not one of {list(VALIDATION_METRICS)}")
         if self.user_id_column == self.item_id_column:

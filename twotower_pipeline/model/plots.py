@@ -32,3 +32,27 @@ def training_curve_png(history: list[dict], *, metric_name: str = "validation me
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+BAR_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "mrr")
+
+
+def metrics_bar_png(results: dict[str, dict], metric_names=BAR_METRICS, title: str | None = None) -> bytes:
+    """PNG of grouped bars: one group per metric, one bar per model (the run and each baseline)."""
+    from matplotlib.figure import Figure
+
+    models = [name for name in results if isinstance(results[name], dict) and name != "skipped"]
+    figure = Figure(figsize=(8, 3.4), dpi=100)
+    axis = figure.subplots()
+    width = 0.8 / max(1, len(models))
+    for i, name in enumerate(models):
+        values = [float(results[name].get(m, float("nan"))) for m in metric_names]
+        axis.bar([j + i * width for j in range(len(metric_names))], values, width, label=name)
+    axis.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(metric_names))], list(metric_names))
+    axis.set(ylabel="value", title=title or "offline metrics on the held-out exposures")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

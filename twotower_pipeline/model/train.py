@@ -1,12 +1,16 @@
 """Training: pre-checks, one-time encoding, the hot loop, per-epoch validation, early stopping.
 
 `train_two_tower(frame, params, log)` = `prepare` (checks the frame before any training time is
-spent, fits the encoders, encodes every row once into tensors, splits 80/20 with the seed) then
-`fit` (Adam; each step gathers a batch by index slicing of a seeded permutation, no DataLoader;
-after each epoch, validation metrics on export-style vectors; the best epoch's weights are kept).
+spent, fits the encoders, encodes every row once into tensors, holds out 20% of each customer's
+exposures by a seeded hash: `evaluation.holdout_mask`) then `fit` (Adam; each step gathers a batch
+by index slicing of a seeded permutation, no DataLoader; after each epoch, validation metrics on
+export-style vectors; the best epoch's weights are kept).
 
 Validation uses the vectors that will be exported and served: one vector per customer and per
-offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0).
+offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0),
+and the offline-scoring metrics (`evaluation.evaluate`: the whole catalogue ranked, offers accepted
+in training left out). A frame without declines (implicit feedback) trains too: the pointwise term
+then pairs each accept's customer with a uniformly drawn offer as a decline (`decline_sampling`).
 The same seed gives the same weights on the same machine and thread count.
 """
 
@@ -23,7 +27,7 @@ import pandas as pd
 import torch
 
 from twotower_pipeline.ingest.training_frame import CONTEXT_DEFAULTS
-from twotower_pipeline.model import losses, metrics
+from twotower_pipeline.model import evaluation, losses
 from twotower_pipeline.model.config import TrainingParams
 from twotower_pipeline.model.features import FeatureEncoder, TowerInputs, side_feature_columns
 from twotower_pipeline.model.towers import TwoTowerModel, embed_inputs
@@ -50,6 +54,7 @@ class PreparedData:
     train_rows: np.ndarray          # row indices of the training split (sorted)
     validation_rows: np.ndarray     # row indices of the validation split (sorted)
     ranking_users: np.ndarray       # customers whose validation accepts feed recall/NDCG
+    held_out: evaluation.HeldOut    # the split as codes into customers / offers
 
     @property
     def accepted_train_rows(self) -> np.ndarray:
@@ -149,13 +154,15 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None) -> Prepar
     frame = frame.reset_index(drop=True)
     n = len(frame)
     rng = np.random.default_rng(params.seed)
-    order = rng.permutation(n)
-    n_validation = int(round(n * params.validation_split))
-    validation_rows, train_rows = np.sort(order[:n_validation]), np.sort(order[n_validation:])
+    held = split_of(frame, params)
+    validation_rows, train_rows = np.flatnonzero(held), np.flatnonzero(~held)
     labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
     if labels[validation_rows].sum() == 0:
-        raise ValueError("the validation split holds no accepted rows, so no metric can be computed: "
-                         "train on more exposures or raise validation_split")
+        raise ValueError(f"the held-out exposures ({params.holdout} split) hold no accepted rows, so no metric "
+                         "can be computed: train on more exposures or hold out more "
+                         f"({'holdout_days' if params.holdout == 'time' else 'validation_split'})")
+    if len(train_rows) == 0 or labels[train_rows].sum() == 0:
+        raise ValueError(f"the {params.holdout} split leaves no accepted exposure to train on: hold out less")
 
     fitted = frame.iloc[train_rows]
     common = dict(categorical_columns=params.categorical_columns, min_frequency=params.min_frequency,
@@ -171,7 +178,8 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None) -> Prepar
     export_user = [c for c in user_columns if c not in CONTEXT_DEFAULTS]
     export_item = [c for c in item_columns if c not in CONTEXT_DEFAULTS]
 
-    validation_users = np.unique(user_codes[validation_rows[labels[validation_rows] == 1]])
+    held_out = evaluation.HeldOut.from_codes(user_codes, item_codes, labels, held, len(customers), len(offers))
+    validation_users = held_out.evaluated_users
     if len(validation_users) > params.max_validation_users:
         validation_users = np.sort(rng.choice(validation_users, params.max_validation_users, replace=False))
     return PreparedData(
@@ -181,30 +189,25 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None) -> Prepar
         customers=np.asarray(customers), offers=np.asarray(offers),
         customer_inputs=user_encoder.encode(frame.loc[first_user, export_user].reset_index(drop=True)),
         catalogue_inputs=item_encoder.encode(frame.loc[first_item, export_item].reset_index(drop=True)),
-        train_rows=train_rows, validation_rows=validation_rows, ranking_users=validation_users,
+        train_rows=train_rows, validation_rows=validation_rows, ranking_users=validation_users, held_out=held_out,
     )
+
+
+def split_of(frame: pd.DataFrame, params: TrainingParams) -> np.ndarray:
+    """The held-out exposures of a frame under `params` (see `evaluation.holdout_mask`)."""
+    return evaluation.holdout_mask(frame, method=params.holdout, share=params.validation_split,
+                                   days=params.holdout_days, seed=params.seed, user_column=params.user_id_column,
+                                   item_column=params.item_id_column)
 
 
 # --- validation ------------------------------------------------------------------------------------
 def evaluate(model: TwoTowerModel, data: PreparedData) -> dict:
-    """Validation metrics of export-style vectors (see module docstring)."""
-    k = data.params.metric_k
+    """Validation metrics of export-style vectors (see module docstring): the offline-scoring
+    metrics at K = metric_k for the sampled customers, AUCs on every held-out exposure."""
     users = embed_inputs(model.user_tower, data.customer_inputs)               # [U, d]
     items = embed_inputs(model.item_tower, data.catalogue_inputs)              # [N, d]
-    rows = data.validation_rows
-    cu, ci = data.user_codes[rows], data.item_codes[rows]
-    y = data.labels.numpy()[rows]
-    cosine = (users[cu] * items[ci]).sum(dim=1).numpy()                        # [n_validation]
-    out = {"user_auc": metrics.user_auc(cosine, y, cu), "item_auc": metrics.item_auc(cosine, y, ci)}
-    wanted = np.zeros(len(data.customers), dtype=bool)
-    wanted[data.ranking_users] = True
-    positive = (y == 1) & wanted[cu]
-    train_accepted = data.accepted_train_rows
-    train_accepted = train_accepted[wanted[data.user_codes[train_accepted]]]
-    out.update(metrics.ranking_metrics(users, items, cu[positive], ci[positive], k=k,
-                                       exclude_users=data.user_codes[train_accepted],
-                                       exclude_items=data.item_codes[train_accepted]))
-    return out
+    return evaluation.evaluate(evaluation.VectorScorer(users, items), data.held_out, ks=(data.params.metric_k,),
+                               users=data.ranking_users)
 
 
 def metric_key(params: TrainingParams) -> str:
@@ -264,16 +267,32 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
     item_keys = torch.from_numpy(data.item_codes)                               # [n] offer index per row
     probabilities = losses.sampling_probabilities(data.item_codes[accepted], n_items)
     log_q = torch.from_numpy(losses.mixed_log_q(probabilities, B, n_negatives).astype(np.float32))  # [N]
+    has_declines = bool((data.labels.numpy()[data.train_rows] == 0).any())
+    sample_declines = bce_weight > 0 and (params.decline_sampling == "always"
+                                          or (params.decline_sampling == "auto" and not has_declines))
 
     with _torch_settings(params):
         model = TwoTowerModel(params, data.user_encoder, data.item_encoder)
         generator = torch.Generator().manual_seed(params.seed)
         augment_user = _Augment(data.user_encoder, params, generator)
         augment_item = _Augment(data.item_encoder, params, generator)
+
+        def pointwise_loss(rows: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            """BCE on the exposures `rows` (user, item [b, d]), plus one sampled decline per row: the
+            row's customer with a uniformly drawn catalogue offer."""
+            labels = data.labels[rows]
+            if sample_declines:
+                drawn = torch.randint(n_items, (len(rows),), generator=generator)            # [b]
+                user = torch.cat([user, user])                                            # [2b, d]
+                item = torch.cat([item, model.item_tower(data.catalogue_inputs.take(drawn))])
+                labels = torch.cat([labels, torch.zeros(len(rows))])
+            return losses.pointwise_bce_loss(user, item, labels, temperature=params.temperature, bias=model.bias)
+
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
         log(f"training on {len(data.train_rows):,} exposures ({len(accepted):,} accepted), validating on "
             f"{len(data.validation_rows):,}; {len(data.customers):,} customers, {n_items:,} offers; loss "
-            f"{params.loss}{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}; "
+            f"{params.loss}{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}"
+            f"{' with sampled declines' if sample_declines else ''}; "
             f"user tower {data.user_encoder.columns}, item tower {data.item_encoder.columns}")
 
         history, best_value, best_epoch, best_state = [], -math.inf, 0, None
@@ -310,13 +329,11 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                             bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
                         extra = bce_order[bce_at:bce_at + B]
                         bce_at += B
-                        loss = loss + bce_weight * losses.pointwise_bce_loss(
-                            model.user_tower(augment_user(data.user_inputs.take(extra))),
-                            model.item_tower(augment_item(data.item_inputs.take(extra))),
-                            data.labels[extra], temperature=params.temperature, bias=model.bias)
+                        loss = loss + bce_weight * pointwise_loss(
+                            extra, model.user_tower(augment_user(data.user_inputs.take(extra))),
+                            model.item_tower(augment_item(data.item_inputs.take(extra))))
                 else:
-                    loss = losses.pointwise_bce_loss(user, item, data.labels[rows],
-                                                     temperature=params.temperature, bias=model.bias)
+                    loss = pointwise_loss(rows, user, item)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -49,18 +49,25 @@ STAGING_MARK = "__staging_"
 NORM_TOLERANCE = 1e-4
 KEEP_RUNS = 3
 HISTORY = 20
+#: Customer buckets (see `customer_buckets`); a shard of batch scoring is a range of them.
+BUCKETS = 1024
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
 @dataclasses.dataclass(frozen=True)
 class Tower:
-    name: str  # "user" | "item"
-    collection: str  # the live collection's name (SPEC §5)
+    """One live collection of a published set: the embedding pair's towers, or the batch scores."""
+
+    name: str  # "user" | "item" | "scores"
+    collection: str  # the live collection's name (SPEC §5, §6)
     key_field: str
+    vector_field: str | None = "embedding"  # verified finite, unit, one width; None: no vectors
+    slices: tuple[str, ...] = (ALL,)  # the run collection's slices that must all be committed
+    private_fields: tuple[str, ...] = ()  # kept in the run's collection, not copied to the live one
 
 
 TOWERS = (
-    Tower("user", names.USER_EMBEDDINGS, "customer_id"),
+    Tower("user", names.USER_EMBEDDINGS, "customer_id", private_fields=("bucket",)),
     Tower("item", names.ITEM_EMBEDDINGS, "offer"),
 )
 
@@ -73,17 +80,16 @@ class PublishError(RuntimeError):
         self.report = report
 
 
+def customer_buckets(customer_ids) -> np.ndarray:
+    """A stable bucket in 0..BUCKETS-1 per customer id: batch-scoring shards are bucket ranges."""
+    hashes = pd.util.hash_pandas_object(pd.Series(customer_ids, dtype=str), index=False).to_numpy()
+    return (hashes % np.uint64(BUCKETS)).astype(np.int64)
+
+
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
         raise ValueError(f"run_id {run_id!r} must be 1-80 letters, digits, '_', '-' or '.'")
     return run_id
-
-
-def tower(name: str) -> Tower:
-    for candidate in TOWERS:
-        if candidate.name == name:
-            return candidate
-    raise ValueError(f"unknown tower {name!r}; expected one of {[t.name for t in TOWERS]}")
 
 
 @dataclasses.dataclass
@@ -120,11 +126,15 @@ class LiveReport:
 class Publisher:
     """Publishes runs' vector pairs to the live collections of one database, through the journal."""
 
-    def __init__(self, store: MongoStore, database: str = "logging", *, keep_runs: int = KEEP_RUNS,
+    def __init__(self, store: MongoStore, database: str = "logging", *, towers: tuple[Tower, ...] = TOWERS,
+                 journal_key: str | None = None, keep_runs: int = KEEP_RUNS,
                  lease_seconds: float = leases.LEASE_SECONDS, wait_seconds: float = leases.WAIT_SECONDS):
         self.store = store
         self.database_name = database
         self.database = store.database(database)
+        self.towers = towers
+        #: the journal document of this set (the embedding pair's is keyed by the database name)
+        self.journal_key = journal_key or database
         self.journal = leases.journaled(store.collection(JOURNAL))
         self.keep_runs = keep_runs
         self.lease_seconds = lease_seconds
@@ -132,45 +142,60 @@ class Publisher:
 
     # -- a run's own vectors ------------------------------------------------------------------
 
+    def tower(self, name: str) -> Tower:
+        for candidate in self.towers:
+            if candidate.name == name:
+                return candidate
+        raise ValueError(f"unknown tower {name!r}; expected one of {[t.name for t in self.towers]}")
+
     def run_location(self, tower_name: str, run_id: str) -> str:
-        return f"{self.database_name}.{tower(tower_name).collection}{RUN_MARK}{check_run_id(run_id)}"
+        return f"{self.database_name}.{self.tower(tower_name).collection}{RUN_MARK}{check_run_id(run_id)}"
 
     def write_run(self, tower_name: str, run_id: str, keys: list[str], vectors: np.ndarray,
                   owner: dict | None = None) -> int:
         """Keep a run's vectors for one tower (committed whole, or not at all)."""
-        spec = tower(tower_name)
+        spec = self.tower(tower_name)
         if len(keys) != len(vectors):
             raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors for the {tower_name} tower")
         if not keys:
             raise ValueError(f"no {tower_name} vectors to keep for run {run_id}")
         frame = pd.DataFrame({"run_id": run_id, spec.key_field: keys,
                               "embedding": np.asarray(vectors, dtype=np.float64).tolist()})
+        indexes = [[spec.key_field]]
+        if "bucket" in spec.private_fields:  # batch scoring reads a shard of customers by bucket
+            frame["bucket"] = customer_buckets(frame[spec.key_field])
+            indexes.append(["bucket", spec.key_field])
         sliced = SlicedCollection(self.store, self.run_location(tower_name, run_id),
                                   lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds)
-        return sliced.write(frame, owner=owner)[ALL]
+        return sliced.write(frame, indexes=indexes, owner=owner)[ALL]
 
     def run_counts(self, run_id: str) -> dict[str, int]:
-        """{tower: vectors} of a run whose two collections are committed and whole; else PublishError."""
+        """{tower: documents} of a run whose collections are committed and whole (every slice the
+        tower needs); else PublishError."""
         counts = {}
-        for spec in TOWERS:
+        for spec in self.towers:
             sliced = SlicedCollection(self.store, self.run_location(spec.name, run_id))
-            record = sliced.record() or {}
-            committed = (record.get("slices") or {}).get(ALL)
-            if committed is None:
-                raise PublishError(f"run {run_id} has no complete {spec.name} vectors "
-                                   f"({sliced.location} was never committed); materialise {spec.name}_embeddings")
-            stored = sliced.collection.count_documents({WRITE_ID_FIELD: committed["write_id"]})
-            if stored != committed["rows"]:
-                raise PublishError(f"{sliced.location} holds {stored} committed vectors, "
-                                   f"{committed['rows']} were written")
+            committed = sliced.committed_slices()
+            missing = [key for key in spec.slices if key not in committed]
+            if missing:
+                what = "never committed" if len(missing) == len(spec.slices) else f"lacks slices {missing}"
+                raise PublishError(f"run {run_id} has no complete {spec.name} documents "
+                                   f"({sliced.location} {what}); materialise them first")
+            stored = 0
+            for key in spec.slices:
+                found = sliced.collection.count_documents({WRITE_ID_FIELD: committed[key]["write_id"]})
+                if found != committed[key]["rows"]:
+                    raise PublishError(f"{sliced.location} slice {key} holds {found} committed documents, "
+                                       f"{committed[key]['rows']} were written")
+                stored += found
             counts[spec.name] = stored
         return counts
 
     # -- the live pair ------------------------------------------------------------------------
 
     def status(self) -> dict:
-        return self.journal.find_one({"_id": self.database_name}, {"leases": 0}) or {
-            "_id": self.database_name, "state": "empty", "live_run_id": None, "previous_run_id": None}
+        return self.journal.find_one({"_id": self.journal_key}, {"leases": 0}) or {
+            "_id": self.journal_key, "state": "empty", "live_run_id": None, "previous_run_id": None}
 
     def live_run_id(self) -> str | None:
         return self.status().get("live_run_id")
@@ -207,10 +232,10 @@ class Publisher:
     # -- steps --------------------------------------------------------------------------------
 
     def _lease(self, owner: dict | None) -> leases.Lease:
-        leases.ensure_record(self.journal, self.database_name,
+        leases.ensure_record(self.journal, self.journal_key,
                              {"state": "empty", "live_run_id": None, "previous_run_id": None, "history": []})
-        return leases.Lease(self.journal, self.database_name, ["publish"], owner=owner,
-                            what=f"publishing embeddings to {self.database_name}",
+        return leases.Lease(self.journal, self.journal_key, ["publish"], owner=owner,
+                            what=f"publishing {', '.join(t.collection for t in self.towers)} in {self.database_name}",
                             lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds)
 
     def _go_live(self, lease: leases.Lease, run_id: str) -> dict:
@@ -220,7 +245,7 @@ class Publisher:
         lease.update({"$set": {"state": "publishing", "target_run_id": run_id, "from_run_id": was_live,
                                "started_at": leases.now()}})
         fault_point("publish.journal_written")
-        report = self._swap_pair(run_id, counts)
+        report = self._swap_all(run_id, counts)
         if report.problems():
             restored = self._restore(lease, was_live) if was_live and was_live != run_id else None
             raise PublishError(
@@ -231,8 +256,8 @@ class Publisher:
         previous = journal.get("previous_run_id") if was_live == run_id else was_live
         self._record_live(lease, run_id, previous, counts, "published")
         self._prune(keep={run_id, previous})
-        return {"run_id": run_id, "previous_run_id": previous, "users": counts["user"], "items": counts["item"],
-                "report": report}
+        return {"run_id": run_id, "previous_run_id": previous, "counts": counts, "report": report,
+                "users": counts.get("user"), "items": counts.get("item")}
 
     def _recover(self, lease: leases.Lease) -> str | None:
         journal = self.status()
@@ -246,7 +271,7 @@ class Publisher:
                 counts = self.run_counts(run_id)
             except PublishError:
                 continue
-            report = self._swap_pair(run_id, counts)
+            report = self._swap_all(run_id, counts)
             if not report.problems():
                 previous = was_live if run_id == target else journal.get("previous_run_id")
                 self._record_live(lease, run_id, previous, counts, f"recovered: {verb}")
@@ -256,7 +281,7 @@ class Publisher:
 
     def _restore(self, lease: leases.Lease, run_id: str) -> str:
         counts = self.run_counts(run_id)
-        report = self._swap_pair(run_id, counts)
+        report = self._swap_all(run_id, counts)
         if report.problems():
             raise PublishError(f"putting back run {run_id} failed too: {'; '.join(report.problems())}", report)
         journal = self.status()
@@ -271,10 +296,10 @@ class Publisher:
             "$push": {"history": {"$each": [{"at": now, "event": event, "run_id": run_id}], "$slice": -HISTORY}},
         })
 
-    def _swap_pair(self, run_id: str, counts: dict[str, int]) -> LiveReport:
-        """Stage both towers from the run's own collections, rename both over the live ones, verify."""
-        stagings = {spec.name: self._stage(spec, run_id, counts[spec.name]) for spec in TOWERS}
-        for spec in TOWERS:
+    def _swap_all(self, run_id: str, counts: dict[str, int]) -> LiveReport:
+        """Stage every tower from the run's own collections, rename them over the live ones, verify."""
+        stagings = {spec.name: self._stage(spec, run_id, counts[spec.name]) for spec in self.towers}
+        for spec in self.towers:
             self._clear_leftovers(spec.collection)
             fault_point(f"publish.before_rename.{spec.name}")
             stagings[spec.name].rename(spec.collection, dropTarget=True)
@@ -295,11 +320,13 @@ class Publisher:
                 self.database.drop_collection(name)  # left by a killed publish
         staging = self.database[f"{spec.collection}{STAGING_MARK}{uuid.uuid4().hex[:12]}"]
         source = SlicedCollection(self.store, self.run_location(spec.name, run_id))
-        write_id = source.committed_write_ids()[ALL]
-        documents = source.collection.find({WRITE_ID_FIELD: write_id}, {WRITE_ID_FIELD: 0}, batch_size=INSERT_BATCH)
-        for batch in batches(documents, INSERT_BATCH):
-            staging.insert_many(batch, ordered=False)
-            fault_point("publish.staged_batch")
+        committed = source.committed_write_ids()
+        hidden = {field: 0 for field in (WRITE_ID_FIELD, *spec.private_fields)}
+        for key in spec.slices:
+            documents = source.collection.find({WRITE_ID_FIELD: committed[key]}, hidden, batch_size=INSERT_BATCH)
+            for batch in batches(documents, INSERT_BATCH):
+                staging.insert_many(batch, ordered=False)
+                fault_point("publish.staged_batch")
         staging.create_index([(spec.key_field, ASCENDING)], unique=True)
         staged = staging.count_documents({})
         if staged != expected:
@@ -309,7 +336,7 @@ class Publisher:
     def _verify(self, run_id: str, expected: dict[str, int], embedding_dim: int | None = None) -> LiveReport:
         """Read the live collections back: counts and run ids on the server, vectors in batches."""
         report = LiveReport(run_id, embedding_dim or 0, {}, dict(expected), {}, {}, {}, {}, {})
-        for spec in TOWERS:
+        for spec in self.towers:
             live = self.database[spec.collection]
             report.documents[spec.name] = live.count_documents({})
             report.other_runs[spec.name] = live.count_documents({"run_id": {"$ne": run_id}})
@@ -318,8 +345,10 @@ class Publisher:
                 for index in live.index_information().values()
             )
             wrong = not_finite = not_unit = 0
-            for chunk in batches(live.find({}, {"embedding": 1, "_id": 0}, batch_size=INSERT_BATCH), INSERT_BATCH):
-                vectors = [d.get("embedding") or [] for d in chunk]
+            vectors_of = live.find({}, {spec.vector_field: 1, "_id": 0}, batch_size=INSERT_BATCH) if spec.vector_field \
+                else []
+            for chunk in batches(vectors_of, INSERT_BATCH):
+                vectors = [d.get(spec.vector_field) or [] for d in chunk]
                 if not report.embedding_dim and vectors:
                     report.embedding_dim = len(vectors[0])
                 sized = [v for v in vectors if len(v) == report.embedding_dim]
@@ -336,14 +365,13 @@ class Publisher:
     def _prune(self, keep: set) -> None:
         """Drop the run collections of runs that are neither live, previous, nor among the newest."""
         commits = {}
-        for spec in TOWERS:
+        for spec in self.towers:
             prefix = spec.collection + RUN_MARK
             for name in self.database.list_collection_names():
                 if name.startswith(prefix):
-                    record = SlicedCollection(self.store, f"{self.database_name}.{name}").record() or {}
-                    committed = (record.get("slices") or {}).get(ALL)
+                    committed = SlicedCollection(self.store, f"{self.database_name}.{name}").committed_slices()
                     run_id = name[len(prefix):]
-                    when = committed["committed_at"] if committed else None
+                    when = max((c["committed_at"] for c in committed.values()), default=None)
                     commits.setdefault(run_id, []).append((name, when))
         finished = sorted((r for r, found in commits.items() if all(w for _, w in found)),
                           key=lambda r: max(w for _, w in commits[r]), reverse=True)

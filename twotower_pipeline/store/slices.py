@@ -21,7 +21,7 @@ Commit record, one per collection (`ecosystem_meta.slice_commits`):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -30,7 +30,8 @@ from pymongo.collection import Collection
 
 from twotower_pipeline.store import leases, processes
 from twotower_pipeline.store.faults import fault_point
-from twotower_pipeline.store.frames import INSERT_BATCH, chunked, documents_to_frame, ensure_indexes, frame_to_documents
+from twotower_pipeline.store.frames import (INSERT_BATCH, batches, chunked, documents_to_frame, ensure_indexes,
+                                            frame_to_documents)
 
 COMMITS = "ecosystem_meta.slice_commits"
 WRITE_ID_FIELD = "_write_id"
@@ -62,6 +63,11 @@ class SlicedCollection:
     def record(self) -> dict | None:
         return self.commits.find_one({"_id": self.location})
 
+    def committed_slices(self) -> dict[str, dict]:
+        """{slice key: {write_id, rows, committed_at, owner}} of the committed slices."""
+        record = self.record() or {}
+        return {unquote(k): v for k, v in (record.get("slices") or {}).items()}
+
     def committed_write_ids(self, keys: Iterable[str] | None = None) -> dict[str, str] | None:
         """{slice key: committed write id}; None when the collection was never written by commits."""
         record = self.record()
@@ -92,6 +98,18 @@ class SlicedCollection:
                 return documents_to_frame(documents, columns)
         raise RuntimeError(f"{self.location}: slices kept being rewritten while read ({READ_ATTEMPTS} attempts)")
 
+    def read_batches(self, query: dict | None = None, columns: Sequence[str] | None = None,
+                     batch_size: int = INSERT_BATCH) -> Iterator[pd.DataFrame]:
+        """The committed rows as DataFrames of up to `batch_size` rows, streamed: for collections
+        committed once and never rewritten (a run's own vectors), where `read` would hold them all."""
+        projection = {c: 1 for c in columns} if columns else None
+        write_ids = self.committed_write_ids()
+        queries = [query or {}] if write_ids is None else [
+            {**(query or {}), WRITE_ID_FIELD: w} for w in sorted(set(write_ids.values()))]
+        for selection in queries:
+            for chunk in batches(self.collection.find(selection, projection, batch_size=batch_size), batch_size):
+                yield documents_to_frame(chunk, columns)
+
     def count(self, keys: Sequence[str] | None = None) -> int:
         """Committed rows of the slices `keys` (default: all), counted on the server."""
         write_ids = self.committed_write_ids(keys)
@@ -115,6 +133,8 @@ class SlicedCollection:
         Returns the rows written per slice key.
         """
         keys = list(keys)
+        if not isinstance(frame, pd.DataFrame):
+            frame = list(frame)  # documents as they are (e.g. nested ones a frame would not hold well)
         if not keys or len(set(keys)) != len(keys):
             raise ValueError(f"{self.location}: a write needs distinct slice keys, got {keys}")
         row_slices = np.zeros(len(frame), dtype=np.int64) if row_slices is None else np.asarray(row_slices)
@@ -132,7 +152,7 @@ class SlicedCollection:
             try:
                 intent = {"write_ids": write_ids, "keys": keys, "since": leases.now(), "owner": lease.owner}
                 lease.update({"$set": {f"pending.{lease.id}": intent}})
-                documents = frame_to_documents(frame)
+                documents = frame_to_documents(frame) if isinstance(frame, pd.DataFrame) else frame
                 tags = np.asarray(write_ids, dtype=object)[row_slices] if len(frame) else []
                 for document, tag in zip(documents, tags):
                     document[WRITE_ID_FIELD] = tag

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from twotower_pipeline import publishing
+from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
 from twotower_pipeline.store import embeddings, frames, names
-from twotower_pipeline.store.slices import SlicedCollection
+from twotower_pipeline.store.slices import ALL, SlicedCollection
 
 GROUP = "model_training"
 
@@ -83,7 +83,9 @@ def two_tower_model(
 ) -> dg.Output[TrainedRun]:
     """Customer and offer towers trained jointly on the cosine; writes the run document."""
     params = config.params()
-    training_frame = SlicedCollection(mongo.store(), names.TRAINING_FRAME).read()
+    frame_collection = SlicedCollection(mongo.store(), names.TRAINING_FRAME)
+    frame_version = (frame_collection.committed_write_ids() or {}).get(ALL)
+    training_frame = frame_collection.read()
     if training_frame.empty:
         raise dg.Failure(description=f"{names.TRAINING_FRAME} is empty: materialise training_frame first")
     predictors = sorted(training_frame["predictor"].dropna().unique()) if "predictor" in training_frame else []
@@ -100,7 +102,9 @@ def two_tower_model(
                          n_rows=result.n_rows, epochs_run=result.epochs_run),
         model=result.model,
         details={"best_epoch": result.best_epoch, "metrics": result.metrics, "history": result.history,
-                 "parameters": params.to_dict(), "dagster_run_id": context.run_id},
+                 "parameters": params.to_dict(), "dagster_run_id": context.run_id,
+                 # offline scoring rebuilds the held-out split from this very frame
+                 "training_frame_write_id": frame_version},
     )
     publishing.save_run_document(mongo.store(), run)
     curve = training_curve_png(result.history, metric_name=result.validation_metric, best_epoch=result.best_epoch,
@@ -216,19 +220,22 @@ RUNTIME_CHECKS = {
 @dg.asset(
     key="runtime_embeddings",
     ins={"two_tower_model": dg.AssetIn("two_tower_model")},
-    deps=[user_embeddings, item_embeddings],
+    deps=[user_embeddings, item_embeddings, "concept_test_metrics"],
     group_name=GROUP,
     kinds={"mongodb"},
     check_specs=[dg.AssetCheckSpec(n, asset="runtime_embeddings", blocking=True, description=d)
                  for n, d in RUNTIME_CHECKS.items()],
     description="What the runtime reads: `two_tower_user_embeddings` and `two_tower_item_embeddings`, "
-    "switched to one run together through the publish journal, verified after the swap.",
+    "switched to one run together through the publish journal, verified after the swap; only a run that "
+    "passed the publish gate (concept_test_metrics).",
 )
 def runtime_embeddings(context: dg.AssetExecutionContext, mongo: MongoResource, two_tower_model: TrainedRun):
     """Publish the run's user and item vectors as one unit (see `store.embeddings`)."""
-    publisher = embeddings.Publisher(mongo.store(), publishing.DATABASE)
     try:
-        outcome = publisher.publish(two_tower_model.run_id, owner={"dagster_run_id": context.run_id})
+        outcome = publishing.publish_run(mongo.store(), two_tower_model.run_id,
+                                         owner={"dagster_run_id": context.run_id})
+    except offline.GateError as error:
+        raise dg.Failure(description=f"{error}; the runtime keeps serving the run it served") from None
     except embeddings.PublishError as error:
         if error.report is not None:
             yield from _runtime_checks(error.report)
