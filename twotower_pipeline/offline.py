@@ -17,9 +17,12 @@ import pandas as pd
 from twotower_pipeline.model import scoring
 from twotower_pipeline.store import embeddings, leases, names
 from twotower_pipeline.store.client import MongoStore
-from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection
+from twotower_pipeline.store.slices import SlicedCollection
 
 DATABASE = names.FLATTEN.partition(".")[0]
+#: Up to this many keys are fetched with `$in` on the key's index (the embedded server's `$in` grows
+#: quadratically with thousands of values); more are read whole and filtered.
+LOOKUP_LIMIT = 200
 
 
 class GateError(RuntimeError):
@@ -28,8 +31,10 @@ class GateError(RuntimeError):
 
 # --- a run's kept vectors ----------------------------------------------------------------------------
 def run_vectors(store: MongoStore, run_id: str, tower: str, keys=None) -> tuple[list[str], np.ndarray]:
-    """(keys, vectors [n, d]) of a run's kept `tower` vectors ("user" | "item"), streamed in
-    batches; only `keys` when given (all otherwise). LookupError when the run has none kept."""
+    """(keys, vectors [n, d]) of a run's kept `tower` vectors ("user" | "item"); only `keys` when
+    given (all otherwise). A few keys of the live run are looked up on the live collection's key
+    index; otherwise they come from the run's binary snapshot, or, when it is missing, a streamed
+    scan of its collection. LookupError when none are kept."""
     publisher = embeddings.Publisher(store, DATABASE)
     spec = publisher.tower(tower)
     sliced = SlicedCollection(store, publisher.run_location(tower, run_id))
@@ -37,11 +42,26 @@ def run_vectors(store: MongoStore, run_id: str, tower: str, keys=None) -> tuple[
         raise LookupError(f"run {run_id} has no {tower} vectors kept in {sliced.location} (never written, or "
                           f"pruned: the newest {embeddings.KEEP_RUNS} runs and the live and previous ones are kept)")
     wanted = None if keys is None else {str(k) for k in keys}
+    if wanted is not None and len(wanted) <= LOOKUP_LIMIT and publisher.live_run_id() == run_id:
+        live = store.database(DATABASE)[spec.collection]  # the live run's: looked up on its unique key index
+        documents = live.find({spec.key_field: {"$in": sorted(wanted)}, "run_id": run_id},
+                              {spec.key_field: 1, "embedding": 1, "_id": 0})
+        return _stacked([pd.DataFrame(list(documents), columns=[spec.key_field, "embedding"])], spec.key_field)
+    snapshot = publisher.run_snapshot(tower, run_id)
+    if snapshot is None:
+        found_keys, vectors = _stacked(sliced.read_batches(columns=[spec.key_field, "embedding"]), spec.key_field)
+    else:
+        found_keys, vectors = snapshot.keys, snapshot.vectors
+    if wanted is None:
+        return found_keys, vectors
+    keep = [i for i, key in enumerate(found_keys) if key in wanted]
+    return [found_keys[i] for i in keep], vectors[keep]
+
+
+def _stacked(batches, key_field: str) -> tuple[list[str], np.ndarray]:
     found_keys, found_vectors = [], []
-    for batch in sliced.read_batches(columns=[spec.key_field, "embedding"]):
-        if wanted is not None:
-            batch = batch[batch[spec.key_field].isin(wanted)]
-        found_keys += batch[spec.key_field].astype(str).tolist()
+    for batch in batches:
+        found_keys += batch[key_field].astype(str).tolist()
         found_vectors += batch["embedding"].tolist()
     if not found_keys:
         return [], np.zeros((0, 0), dtype=np.float32)
@@ -106,43 +126,16 @@ def concept_test(store: MongoStore, run_id: str, customer_id: str, offers=None) 
 
 
 # --- batch recommendations (SPEC §6) --------------------------------------------------------------
-def shard_buckets(shard: int, n_shards: int) -> tuple[int, int]:
-    """The customer buckets [low, high) of shard `shard` of `n_shards`."""
-    return shard * embeddings.BUCKETS // n_shards, (shard + 1) * embeddings.BUCKETS // n_shards
-
-
-def shard_customers(store: MongoStore, run_id: str, shard: int, n_shards: int, limit: int | None) -> tuple[
-        list[str], np.ndarray]:
-    """(customer ids, vectors) of one shard of the run's customers, in bucket order, at most `limit`."""
-    publisher = embeddings.Publisher(store, DATABASE)
-    sliced = SlicedCollection(store, publisher.run_location("user", run_id))
-    write_ids = sliced.committed_write_ids() or {}
-    if not write_ids:
-        raise LookupError(f"run {run_id} has no user vectors kept in {sliced.location}")
-    low, high = shard_buckets(shard, n_shards)
-    shard = {"bucket": {"$gte": low, "$lt": high}, WRITE_ID_FIELD: {"$in": list(write_ids.values())}}
-    cursor = sliced.collection.find(shard, {"customer_id": 1, "embedding": 1, "_id": 0})
-    cursor = cursor.sort([("bucket", 1), ("customer_id", 1)])
+def shard_customers(keys: list[str], vectors: np.ndarray, buckets: np.ndarray, shard: int, n_shards: int,
+                    limit: int | None) -> tuple[list[str], np.ndarray]:
+    """(customer ids, vectors) of shard `shard` of `n_shards` (a range of the customers' stable hash
+    buckets, `embeddings.customer_buckets`), in (bucket, id) order, at most `limit` of them (so a
+    cap always keeps the same customers)."""
+    members = np.flatnonzero(buckets * n_shards // embeddings.BUCKETS == shard)
+    order = members[np.lexsort((np.asarray(keys, dtype=str)[members], buckets[members]))]
     if limit is not None:
-        cursor = cursor.limit(int(limit))
-    documents = list(cursor)
-    if not documents:
-        return [], np.zeros((0, 0), dtype=np.float32)
-    return [d["customer_id"] for d in documents], np.asarray([d["embedding"] for d in documents], dtype=np.float32)
-
-
-def scores_publisher(store: MongoStore, shard_keys) -> embeddings.Publisher:
-    """The live `two_tower_scores` and its per-run collections, whose slices are the customer shards."""
-    spec = embeddings.Tower("scores", names.SCORES, "customer_id", vector_field=None, slices=tuple(shard_keys))
-    return embeddings.Publisher(store, DATABASE, towers=(spec,), journal_key=f"{DATABASE}.{names.SCORES}")
-
-
-def write_scores(store: MongoStore, run_id: str, documents: list[dict], shard_keys: list[str],
-                 row_slices: np.ndarray, all_shard_keys, owner: dict | None = None) -> dict[str, int]:
-    """Keep the documents as the run's own scores, each shard a slice committed whole."""
-    location = scores_publisher(store, all_shard_keys).run_location("scores", run_id)
-    return SlicedCollection(store, location).write(documents, shard_keys, row_slices, indexes=[["customer_id"]],
-                                                   owner=owner)
+        order = order[: int(limit)]
+    return [keys[i] for i in order], vectors[order]
 
 
 def score_shards(store: MongoStore, run_id: str, shards: list[int], n_shards: int, offers: list[str],
@@ -150,10 +143,12 @@ def score_shards(store: MongoStore, run_id: str, shards: list[int], n_shards: in
                  accepted: pd.DataFrame | None = None, log=None) -> tuple[list[dict], np.ndarray]:
     """(score documents, the position in `shards` of each document's shard) for the customers of
     `shards` (of `n_shards`); `max_users` caps the customers over all shards (each shard its share)."""
+    keys, vectors = run_vectors(store, run_id, "user")
+    buckets = embeddings.customer_buckets(keys)
     documents, row_slices = [], []
     for position, shard in enumerate(shards):
         limit = None if max_users is None else max_users // n_shards + (shard < max_users % n_shards)
-        customers, user_vectors = shard_customers(store, run_id, shard, n_shards, limit)
+        customers, user_vectors = shard_customers(keys, vectors, buckets, shard, n_shards, limit)
         found = recommendation_documents(run_id, customers, user_vectors, offers, item_vectors, k, accepted=accepted)
         documents += found
         row_slices += [position] * len(found)
@@ -185,3 +180,17 @@ def recommendation_documents(run_id: str, customers: list[str], user_vectors: np
             {"offer": o, "score": s} for o, s in zip(offer_names[row_index[shown]], row_scores[shown].tolist())],
             "created_at": created_at})
     return documents
+
+
+def scores_publisher(store: MongoStore, shard_keys) -> embeddings.Publisher:
+    """The live `two_tower_scores` and its per-run collections, whose slices are the customer shards."""
+    spec = embeddings.Tower("scores", names.SCORES, "customer_id", vector_field=None, slices=tuple(shard_keys))
+    return embeddings.Publisher(store, DATABASE, towers=(spec,), journal_key=f"{DATABASE}.{names.SCORES}")
+
+
+def write_scores(store: MongoStore, run_id: str, documents: list[dict], shard_keys: list[str],
+                 row_slices: np.ndarray, all_shard_keys, owner: dict | None = None) -> dict[str, int]:
+    """Keep the documents as the run's own scores, each shard a slice committed whole."""
+    location = scores_publisher(store, all_shard_keys).run_location("scores", run_id)
+    # read only whole, by the publish (one scan): no write-id index to pay for on every insert
+    return SlicedCollection(store, location, indexed=False).write(documents, shard_keys, row_slices, owner=owner)

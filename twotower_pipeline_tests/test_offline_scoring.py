@@ -11,7 +11,7 @@ from twotower_pipeline import offline, publishing
 from twotower_pipeline.cli import main as cli_main
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.model import metrics
-from twotower_pipeline.store import names
+from twotower_pipeline.store import artefacts, embeddings, names
 from twotower_pipeline.store.slices import SlicedCollection
 from twotower_pipeline_tests.test_assets_training import ASSETS, FAST, OPEN_GATE, TRAIN_AND_PUBLISH, _live_runs
 
@@ -178,3 +178,30 @@ def test_offline_scoring_refuses_a_training_frame_rebuilt_after_the_run(trained_
         again = dg.materialize(ASSETS, resources=resources, instance=instance, selection=["concept_test_metrics"],
                                raise_on_error=False)
     assert not again.success and "training frame was rebuilt after run run_a trained" in _failure(again)
+
+
+def test_a_runs_vectors_come_from_its_snapshot_or_without_it_from_its_collection(store):
+    publisher = embeddings.Publisher(store, offline.DATABASE)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 4))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    keys = [f"c{i:02d}" for i in range(30)]
+    publisher.write_run("user", "run_a", keys, vectors)
+    assert publisher.run_snapshot("user", "run_a") is not None
+    from_snapshot = offline.run_vectors(store, "run_a", "user")
+    location = publisher.run_location("user", "run_a")
+    artefacts.delete_artefact(store, embeddings.snapshot_name(location))  # e.g. killed between the two writes
+    from_collection = offline.run_vectors(store, "run_a", "user")
+    for found_keys, found in (from_snapshot, from_collection):
+        order = np.argsort(found_keys)
+        assert [found_keys[i] for i in order] == keys
+        np.testing.assert_allclose(found[order], vectors, atol=1e-6)
+    # a snapshot of an earlier write of the run is never taken for the committed one
+    publisher.write_run("user", "run_a", keys, vectors[::-1].copy())
+    stale = embeddings.VectorSnapshot(keys, vectors.astype(np.float32), "an-earlier-write")
+    artefacts.replace_artefact(store, embeddings.snapshot_name(location), stale)
+    assert publisher.run_snapshot("user", "run_a") is None
+    found_keys, found = offline.run_vectors(store, "run_a", "user", keys=keys[:3])
+    np.testing.assert_allclose(found[np.argsort(found_keys)], vectors[::-1][:3], atol=1e-6)
+    with pytest.raises(LookupError, match="has no item vectors kept"):
+        offline.run_vectors(store, "run_a", "item")

@@ -76,3 +76,18 @@ def load_artefact(store: MongoStore, name: str, file_id: str | None = None, **me
 
 def artefact_versions(store: MongoStore, name: str) -> int:
     return store.database(ARTEFACT_DATABASE)[f"{ARTEFACT_BUCKET}.files"].count_documents({"filename": name})
+
+
+def replace_artefact(store: MongoStore, name: str, artefact, extra: dict | None = None) -> str:
+    """Store `artefact` as the only version of `name` (older versions are deleted once it is stored)."""
+    file_id = save_artefact(store, name, artefact, extra)
+    delete_artefact(store, name, keep=file_id)
+    return file_id
+
+
+def delete_artefact(store: MongoStore, name: str, keep: str | None = None) -> None:
+    """Delete every version of `name` but `keep`."""
+    bucket = _bucket(store)
+    for stored in bucket.find({"filename": name}):
+        if keep is None or str(stored._id) != keep:
+            bucket.delete(stored._id)

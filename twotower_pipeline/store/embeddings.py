@@ -29,6 +29,7 @@ refuse to mix them, and the journal says which run is live.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import uuid
 
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 from pymongo import ASCENDING
 
-from twotower_pipeline.store import leases, names
+from twotower_pipeline.store import artefacts, leases, names
 from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.faults import fault_point
 from twotower_pipeline.store.frames import INSERT_BATCH, batches
@@ -63,11 +64,10 @@ class Tower:
     key_field: str
     vector_field: str | None = "embedding"  # verified finite, unit, one width; None: no vectors
     slices: tuple[str, ...] = (ALL,)  # the run collection's slices that must all be committed
-    private_fields: tuple[str, ...] = ()  # kept in the run's collection, not copied to the live one
 
 
 TOWERS = (
-    Tower("user", names.USER_EMBEDDINGS, "customer_id", private_fields=("bucket",)),
+    Tower("user", names.USER_EMBEDDINGS, "customer_id"),
     Tower("item", names.ITEM_EMBEDDINGS, "offer"),
 )
 
@@ -84,6 +84,32 @@ def customer_buckets(customer_ids) -> np.ndarray:
     """A stable bucket in 0..BUCKETS-1 per customer id: batch-scoring shards are bucket ranges."""
     hashes = pd.util.hash_pandas_object(pd.Series(customer_ids, dtype=str), index=False).to_numpy()
     return (hashes % np.uint64(BUCKETS)).astype(np.int64)
+
+
+def snapshot_name(location: str) -> str:
+    return f"vectors/{location}"
+
+
+@artefacts.register_artefact
+@dataclasses.dataclass
+class VectorSnapshot:
+    """A run's vectors of one tower as one file: keys [n] and float32 vectors [n, d] (numpy, no pickle)."""
+
+    artefact_kind = "vector_snapshot"
+
+    keys: list[str]
+    vectors: np.ndarray
+    write_id: str  # the committed write of the run's collection it copies
+
+    def to_artefact(self) -> tuple[dict, bytes]:
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.asarray(self.keys, dtype=str), vectors=np.asarray(self.vectors, dtype=np.float32))
+        return {"write_id": self.write_id, "rows": len(self.keys)}, buffer.getvalue()
+
+    @classmethod
+    def from_artefact(cls, config: dict, state: bytes) -> "VectorSnapshot":
+        with np.load(io.BytesIO(state), allow_pickle=False) as arrays:
+            return cls(arrays["keys"].tolist(), arrays["vectors"], config["write_id"])
 
 
 def check_run_id(run_id: str) -> str:
@@ -161,13 +187,25 @@ class Publisher:
             raise ValueError(f"no {tower_name} vectors to keep for run {run_id}")
         frame = pd.DataFrame({"run_id": run_id, spec.key_field: keys,
                               "embedding": np.asarray(vectors, dtype=np.float64).tolist()})
-        indexes = [[spec.key_field]]
-        if "bucket" in spec.private_fields:  # batch scoring reads a shard of customers by bucket
-            frame["bucket"] = customer_buckets(frame[spec.key_field])
-            indexes.append(["bucket", spec.key_field])
         sliced = SlicedCollection(self.store, self.run_location(tower_name, run_id),
                                   lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds)
-        return sliced.write(frame, indexes=indexes, owner=owner)[ALL]
+        written = sliced.write(frame, owner=owner)[ALL]
+        # a binary copy, tied to that very write, serves reads of the run's vectors at file speed
+        # (offline and batch scoring; lookups of the live run use the live collection's key index)
+        write_id = sliced.committed_slices()[ALL]["write_id"]
+        artefacts.replace_artefact(self.store, snapshot_name(sliced.location), VectorSnapshot(
+            list(map(str, keys)), np.asarray(vectors, dtype=np.float32), write_id))
+        return written
+
+    def run_snapshot(self, tower_name: str, run_id: str) -> "VectorSnapshot | None":
+        """The run's vectors as one binary copy, if it is there and matches the committed collection."""
+        location = self.run_location(tower_name, run_id)
+        committed = SlicedCollection(self.store, location).committed_slices().get(ALL)
+        try:
+            snapshot = artefacts.load_artefact(self.store, snapshot_name(location))
+        except LookupError:
+            return None
+        return snapshot if committed and snapshot.write_id == committed["write_id"] else None
 
     def run_counts(self, run_id: str) -> dict[str, int]:
         """{tower: documents} of a run whose collections are committed and whole (every slice the
@@ -321,12 +359,12 @@ class Publisher:
         staging = self.database[f"{spec.collection}{STAGING_MARK}{uuid.uuid4().hex[:12]}"]
         source = SlicedCollection(self.store, self.run_location(spec.name, run_id))
         committed = source.committed_write_ids()
-        hidden = {field: 0 for field in (WRITE_ID_FIELD, *spec.private_fields)}
-        for key in spec.slices:
-            documents = source.collection.find({WRITE_ID_FIELD: committed[key]}, hidden, batch_size=INSERT_BATCH)
-            for batch in batches(documents, INSERT_BATCH):
-                staging.insert_many(batch, ordered=False)
-                fault_point("publish.staged_batch")
+        # every slice in one query: one pass over the run's collection, indexed on the write id or not
+        selection = {WRITE_ID_FIELD: {"$in": [committed[key] for key in spec.slices]}}
+        documents = source.collection.find(selection, {WRITE_ID_FIELD: 0}, batch_size=INSERT_BATCH)
+        for batch in batches(documents, INSERT_BATCH):
+            staging.insert_many(batch, ordered=False)
+            fault_point("publish.staged_batch")
         staging.create_index([(spec.key_field, ASCENDING)], unique=True)
         staged = staging.count_documents({})
         if staged != expected:
@@ -381,3 +419,4 @@ class Publisher:
             for name, _ in commits[run_id]:
                 self.database.drop_collection(name)
                 self.store.collection(COMMITS).delete_one({"_id": f"{self.database_name}.{name}"})
+                artefacts.delete_artefact(self.store, snapshot_name(f"{self.database_name}.{name}"))

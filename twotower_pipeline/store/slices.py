@@ -51,8 +51,10 @@ class SlicedCollection:
     """A collection written slice by slice through commits, and read through them."""
 
     def __init__(self, store, location: str, *, lease_seconds: float = LEASE_SECONDS,
-                 wait_seconds: float = WAIT_SECONDS):
+                 wait_seconds: float = WAIT_SECONDS, indexed: bool = True):
         self.location = location
+        #: False for a collection only ever read whole: no write-id index to pay for on every insert
+        self.indexed = indexed
         self.collection: Collection = store.collection(location)
         self.commits: Collection = leases.journaled(store.collection(COMMITS))
         self.lease_seconds = lease_seconds
@@ -139,7 +141,7 @@ class SlicedCollection:
             raise ValueError(f"{self.location}: a write needs distinct slice keys, got {keys}")
         row_slices = np.zeros(len(frame), dtype=np.int64) if row_slices is None else np.asarray(row_slices)
         rows = np.bincount(row_slices, minlength=len(keys)).tolist() if len(frame) else [0] * len(keys)
-        ensure_indexes(self.collection, [[WRITE_ID_FIELD], *indexes])
+        ensure_indexes(self.collection, [*([[WRITE_ID_FIELD]] if self.indexed else []), *indexes])
         # The record exists before the first row is written, so a crash during the very first
         # write leaves rows that readers know to skip.
         leases.ensure_record(self.commits, self.location, {"version": 0, "slices": {}, "pending": {}})
