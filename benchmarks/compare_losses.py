@@ -4,36 +4,36 @@ The frame is built with pandas exactly as the training frame would hold it (no M
 per rating = one exposure, accepted = rating >= 4, price a fixed function of the movie, score its
 popularity, rank its position in the day's request of 5, customer features (age, gender,
 occupation, zip_region) and offer features (title, release_year, genres, price_offer).
-Each configuration trains with the same seed and 80/20 split and reports the validation metrics
-of its best epoch (export-style vectors, context at the documented defaults).
+Each configuration trains with the same seed and per-customer 80/20 split and reports the validation
+metrics of its best epoch (export-style vectors, context at the documented defaults).
 
     .venv/bin/python -m benchmarks.compare_losses [--quick] [--only NAME]
 
-Measured (2-core CPU, 1 torch thread, full mode, seconds include per-epoch validation):
+Measured (2-core CPU, 1 torch thread, full mode, 2026-12-01; seconds include per-epoch validation):
 
     configuration                           recall@10  ndcg@10  user_auc  item_auc  best_epoch  seconds
     --------------------------------------  ---------  -------  --------  --------  ----------  -------
-    defaults: mixed + 0.5 pointwise            0.2756   0.2543    0.6888    0.6881          20       23
-    softmax                                    0.2546   0.2371    0.6817    0.5996          15        9
-    softmax, no log-Q                          0.0328   0.0269    0.5679    0.5521           6        5
-    softmax, no hit removal                    0.2546   0.2339    0.6780    0.5968          14       10
-    softmax + 0.5 pointwise                    0.2637   0.2458    0.6854    0.6723          13       13
-    mixed                                      0.2575   0.2388    0.6713    0.5888          13       12
-    pointwise only                             0.0815   0.0840    0.6782    0.6757           2        4
-    pointwise_weight 1.0                       0.2633   0.2494    0.6945    0.6953          20       22
-    pointwise_weight 2.0                       0.2449   0.2339    0.6962    0.7086          21       24
-    temperature 0.05                           0.2544   0.2387    0.6830    0.6915          18       21
-    temperature 0.1                            0.2668   0.2498    0.6829    0.6909          21       23
-    no log-Q correction                        0.1673   0.1471    0.6709    0.6784          15       18
-    no accidental-hit removal                  0.2752   0.2525    0.6867    0.6777          21       23
-    64 catalogue negatives                     0.2617   0.2463    0.6815    0.6732          14       16
-    context_dropout 0 (context as trained)     0.0218   0.0302    0.5154    0.5804           2        6
-    context_dropout 0.5                        0.1549   0.1445    0.6231    0.5304           1        5
-    layers 0                                   0.2499   0.2374    0.6815    0.6703          25       24
-    layers 2                                   0.2556   0.2430    0.6877    0.6738          11       19
-    defaults, seed 7 (other split + init)      0.2506   0.2423    0.6735    0.6688          17       23
+    defaults: mixed + 0.5 pointwise            0.1969   0.2470    0.6842    0.6700          20       66
+    softmax                                    0.0907   0.1384    0.6154    0.5187           1        7
+    softmax, no log-Q                          0.0275   0.0308    0.5586    0.5769          11       20
+    softmax, no hit removal                    0.0893   0.1374    0.6153    0.5185           1        9
+    softmax + 0.5 pointwise                    0.1983   0.2510    0.6727    0.6636          23       49
+    mixed                                      0.2022   0.2516    0.6666    0.6053          16       41
+    pointwise only                             0.0338   0.0570    0.6899    0.7034           3       15
+    pointwise_weight 1.0                       0.1846   0.2429    0.6886    0.7015          20       67
+    pointwise_weight 2.0                       0.1705   0.2256    0.6946    0.7069          20       65
+    temperature 0.05                           0.1907   0.2362    0.6730    0.6919          25       76
+    temperature 0.1                            0.1908   0.2393    0.6741    0.6874          25       69
+    no log-Q correction                        0.1136   0.1421    0.6486    0.6653           9       34
+    no accidental-hit removal                  0.2012   0.2515    0.6859    0.6669          20       62
+    64 catalogue negatives                     0.1973   0.2531    0.6716    0.6595          18       55
+    context_dropout 0 (context as trained)     0.0074   0.0136    0.5346    0.5339           1       13
+    context_dropout 0.5                        0.0954   0.1470    0.6216    0.5367           1       13
+    layers 0                                   0.1960   0.2486    0.6768    0.6626          25       64
+    layers 2                                   0.1910   0.2443    0.6744    0.6779          11       47
+    defaults, seed 7 (other split + init)      0.2005   0.2533    0.6892    0.6722          13       51
 
-    (random ranking: recall@10 = 0.0094; validation = 20% of exposures, seed 42)
+    (random ranking: recall@10 = 0.0071; validation = 20% of each customer's exposures, seed 42)
 """
 
 from __future__ import annotations

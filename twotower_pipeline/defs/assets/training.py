@@ -53,7 +53,12 @@ class TwoTowerConfig(dg.Config):
     pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
                                     description="Weight of the loss on explicit declines (ours).")
     temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
-    validation_split: float = Field(default=_DEFAULTS.validation_split, description="Share held out for validation.")
+    validation_split: float = Field(default=_DEFAULTS.validation_split,
+                                    description="Share of each customer's exposures held out (holdout customer).")
+    holdout: str = Field(default=_DEFAULTS.holdout, description="customer | time: the held-out split (ours).")
+    holdout_days: int = Field(default=_DEFAULTS.holdout_days, description="Days held out for holdout=time (ours).")
+    decline_sampling: str = Field(default=_DEFAULTS.decline_sampling,
+                                  description="auto | off | always: sampled declines for the pointwise term (ours).")
     seed: int = Field(default=_DEFAULTS.seed, description="Same seed, same data, same machine: same model.")
     run_id: Optional[str] = Field(default=None, description="Generated when empty (letters, digits, _ - .).")
 
