@@ -96,7 +96,7 @@ def test_flatten_backfills_a_range_in_one_run_with_quarantine_and_checks(mongo, 
     assert checks == {
         "schema": True,
         "no_null_keys": True,
-        "accept_rate_between_0_and_1": True,
+        "has_accepts": True,
         "rejected_share_below_threshold": False,
     }
     # re-materialising one day rewrites it and leaves the other alone

@@ -43,11 +43,11 @@ EXPECTED_CHECKS = {
     "logging/ecosystemruntime_flatten": {
         "schema",
         "no_null_keys",
-        "accept_rate_between_0_and_1",
+        "has_accepts",
         "rejected_share_below_threshold",
     },
     "logging/ecosystemruntime_flatten_undated": {"no_undated_documents"},
-    "training_frame": {"schema", "no_null_keys", "accept_rate_between_0_and_1", "enough_accepted_rows",
+    "training_frame": {"schema", "no_null_keys", "has_accepts", "enough_accepted_rows",
                        "unique_exposures"},
     "user_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
     "item_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},

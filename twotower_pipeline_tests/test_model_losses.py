@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -86,3 +87,20 @@ def test_loss_gradients_are_finite_with_masking():
     loss = losses.in_batch_softmax_loss(user, item, ids, temperature=0.05, log_q=torch.zeros(8, dtype=torch.float64))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(user.grad).all()
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.01])  # the bound as the shift; the row maximum (tiny temperature)
+def test_catalogue_softmax_equals_cross_entropy_in_value_and_gradients(temperature):
+    generator = torch.Generator().manual_seed(3)
+    user = F.normalize(torch.randn(6, 4, generator=generator), dim=1).requires_grad_()
+    catalogue = F.normalize(torch.randn(9, 4, generator=generator), dim=1).requires_grad_()
+    target = torch.tensor([0, 3, 3, 8, 1, 5])
+    ours = losses.catalogue_softmax_loss(user, catalogue, target, temperature=temperature)
+    (2.0 * ours).backward()
+    grads = user.grad.clone(), catalogue.grad.clone()
+    user.grad = catalogue.grad = None
+    reference = F.cross_entropy(user @ catalogue.T / temperature, target)
+    (2.0 * reference).backward()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grads[0], user.grad)
+    torch.testing.assert_close(grads[1], catalogue.grad)

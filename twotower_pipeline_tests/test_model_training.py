@@ -14,7 +14,7 @@ from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.model.train import evaluate, fit, prepare
 
 N_OFFERS, N_GROUPS = 40, 4
-FAST = dict(batch_size=32, epochs=8, stopping_rounds=0, embedding_dim=8, hidden=16, id_embedding_dim=8,
+FAST = dict(batch_size=32, epochs=8, stopping_rounds=0, embedding_dim=8, hidden=16,
             learning_rate=0.01, max_validation_users=1000, num_threads=1)
 
 
@@ -171,3 +171,84 @@ def test_context_is_read_when_trained_on_it():
     exported = result.model.user_embeddings(users)
     assert not np.array_equal(exported, result.model.user_embeddings(users.assign(price=3.0)))
     assert np.array_equal(exported, result.model.user_embeddings(users.assign(price=0.0, rank=1.0, score=0.0)))
+
+
+# --- implicit feedback, the customer's history, early stopping -------------------------------------
+def implicit_frame(n_customers=120, seed=0) -> pd.DataFrame:
+    """The planted structure as accepts only: each customer accepted 6 offers of its group."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n_customers):
+        group = c % N_GROUPS
+        for o in rng.choice(np.arange(group * 10, group * 10 + 10), 6, replace=False):
+            rows.append({"customer_id": f"c{c}", "offer": f"o{o}", "accepted": 1, "uuid": f"r{c}-{o}",
+                         "price": 1.0, "rank": 1.0, "score": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_the_auto_choices_follow_the_kind_of_feedback():
+    implicit = TrainingParams().resolved(has_declines=False)
+    explicit = TrainingParams().resolved(has_declines=True)
+    assert (implicit.loss, implicit.user_history, implicit.validation_metric) == ("mixed", "on", "ndcg@k")
+    assert (explicit.loss, explicit.user_history, explicit.validation_metric) == ("pointwise", "off", "user_auc")
+    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k").resolved(True)
+    assert (chosen.loss, chosen.user_history, chosen.validation_metric) == ("softmax", "on", "recall@k")
+
+
+def test_accepts_only_train_on_pooled_histories_and_rank_the_planted_groups():
+    frame = implicit_frame()
+    lines = []
+    result = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 15}), log=lines.append)
+    model = result.model
+    assert result.params.loss == "mixed" and model.uses_history and model.user_tower.id_embedding is None
+    assert "whole catalogue" in lines[0] and "sampled declines" in lines[0] and "history pooled" in lines[0]
+    # every history is the customer's distinct training accepts, in offer-id codes
+    lengths = model.history_lengths(torch.arange(1, len(model.user_encoder.id_vocabulary) + 1))
+    assert int(lengths.min()) >= 1 and int(lengths.max()) <= 6
+    users = frame.drop_duplicates("customer_id")[["customer_id"]].reset_index(drop=True)
+    scores = model.user_embeddings(users) @ model.item_embeddings(catalogue()).T        # [U, N]
+    top = np.argsort(-scores, axis=1)[:, :5] // 10
+    groups = users["customer_id"].str[1:].astype(int).to_numpy() % N_GROUPS
+    assert (top == groups[:, None]).mean() > 0.9, result.history[-1]
+    assert result.metrics["ndcg@10"] > 0.5
+
+
+def test_pooled_history_is_the_mean_of_the_kept_offers_without_the_excluded_one():
+    frame = implicit_frame(n_customers=8)
+    data = prepare(frame, TrainingParams(**FAST, user_history="on"))
+    model = TwoTowerModel(data.params, data.user_encoder, data.item_encoder)
+    model.set_history(np.array([1, 1, 1, 2, 1]), np.array([3, 5, 3, 7, 9]))  # customer 1: 3, 5, 9 (distinct)
+    table = model.item_tower.id_embedding.weight.detach()
+    ids = torch.tensor([1, 1, 2, 3])                                           # 3 has no history
+    pooled = model.pooled_history(ids, exclude=torch.tensor([0, 5, 7, 0])).detach()
+    torch.testing.assert_close(pooled[0], table[[3, 5, 9]].mean(0))
+    torch.testing.assert_close(pooled[1], table[[3, 9]].mean(0))
+    torch.testing.assert_close(pooled[2], torch.zeros(table.shape[1]))        # its only offer excluded
+    torch.testing.assert_close(pooled[3], torch.zeros(table.shape[1]))
+    dropped = model.pooled_history(torch.ones(2000, dtype=torch.int64), dropout=0.5,
+                                   generator=torch.Generator().manual_seed(0)).detach()
+    kept = {tuple(np.round(row.numpy(), 5)) for row in dropped}
+    assert len(kept) == 8  # the mean of each of the 7 non-empty subsets of the three offers, and zeros
+    assert model.history_lengths(torch.tensor([0])).item() == 0               # unknown customers: empty
+
+
+def test_a_stored_model_keeps_its_histories():
+    frame = implicit_frame(n_customers=40)
+    result = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 2}))
+    config, state = result.model.to_artefact()
+    loaded = TwoTowerModel.from_artefact(config, state)
+    users = frame.drop_duplicates("customer_id")[["customer_id"]]
+    np.testing.assert_array_equal(loaded.history_items.numpy(), result.model.history_items.numpy())
+    np.testing.assert_allclose(loaded.user_embeddings(users), result.model.user_embeddings(users), atol=1e-6)
+    unseen = loaded.user_embeddings(pd.DataFrame({"customer_id": ["newcomer"]}))
+    assert np.isfinite(unseen).all() and abs(np.linalg.norm(unseen) - 1) < 1e-5
+
+
+def test_early_stopping_waits_for_min_epochs(monkeypatch):
+    from twotower_pipeline.model import train
+    monkeypatch.setattr(train, "evaluate", lambda model, data: {"ndcg@10": 0.5, "user_auc": 0.5, "item_auc": 0.5})
+    frame = implicit_frame(n_customers=40)
+    waited = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 20, "stopping_rounds": 2, "min_epochs": 7}))
+    assert (waited.epochs_run, waited.best_epoch, waited.stopped_early) == (7, 1, True)
+    prompt = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 20, "stopping_rounds": 2, "min_epochs": 1}))
+    assert prompt.epochs_run == 3

@@ -127,7 +127,7 @@ def test_ui_shows_flatten_partitions_metadata_and_checks(webserver):
     assert {c["name"] for c in node["assetChecksOrError"]["checks"]} == {
         "schema",
         "no_null_keys",
-        "accept_rate_between_0_and_1",
+        "has_accepts",
         "rejected_share_below_threshold",
     }
 

@@ -42,15 +42,20 @@ def no_null_keys_check(asset_key, frame: pd.DataFrame, keys: list[str]) -> dg.As
     )
 
 
-def accept_rate_check(asset_key, frame: pd.DataFrame, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    """A target that is all 0 or all 1 cannot teach a model anything."""
+def accepts_check(asset_key, frame: pd.DataFrame, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    """Nothing accepted cannot teach a model anything; no declines at all is implicit feedback (a
+    file of accepts only), which trains: declines are then sampled (`decline_sampling`)."""
     rate = float(frame["accepted"].mean()) if len(frame) else 0.0
+    feedback = ("none" if not len(frame) or rate == 0.0 else
+                "implicit (accepts only: declines are sampled in training)" if rate == 1.0 else
+                "explicit (accepts and declines)")
     return dg.AssetCheckResult(
         asset_key=asset_key,
-        check_name="accept_rate_between_0_and_1",
-        passed=bool(len(frame)) and 0.0 < rate < 1.0,
+        check_name="has_accepts",
+        passed=bool(len(frame)) and rate > 0.0,
         severity=severity,
-        metadata={"accept_rate": rate, "rows": len(frame)},
+        description=None if rate > 0.0 else "no exposure is accepted: there is nothing to learn from",
+        metadata={"accept_rate": rate, "rows": len(frame), "feedback": feedback},
     )
 
 

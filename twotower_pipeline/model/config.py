@@ -35,10 +35,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("softmax", "mixed", "pointwise")
+LOSSES = ("auto", "softmax", "mixed", "pointwise")
+SWITCHES = ("auto", "on", "off")
 HOLDOUTS = ("customer", "time")
 DECLINE_SAMPLING = ("auto", "off", "always")
-VALIDATION_METRICS = ("ndcg@k", "recall@k", "user_auc", "item_auc")
+VALIDATION_METRICS = ("auto", "ndcg@k", "recall@k", "user_auc", "item_auc")
 
 # name -> (low, high) inclusive; floats marked by float bounds.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -54,7 +55,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "pointwise_weight": (0.0, 100.0),
     "context_dropout": (0.0, 1.0),
     "id_dropout": (0.0, 1.0),
-    "id_embedding_dim": (1, 1024),
+    "history_dropout": (0.0, 0.99),
+    "history_length": (1, 100_000),
+    "weight_decay": (0.0, 10.0),
+    "min_epochs": (1, 500),
     "feature_embedding_dim": (1, 256),
     "min_frequency": (1, 1_000_000),
     "max_vocabulary": (1, 100_000_000),
@@ -66,7 +70,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
     "num_threads": (0, 256),
 }
-_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "id_dropout", "validation_split"}
+_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "id_dropout", "validation_split",
+           "history_dropout", "weight_decay"}
 
 
 @dataclass
@@ -91,7 +96,6 @@ class TrainingParams:
     holdout_days: int = 7
     # --- ours: features ---
     side_features: bool = True         # also feed each tower the frame's columns its key determines
-    id_embedding_dim: int = 32         # width of the customer / offer id embedding
     feature_embedding_dim: int = 8     # width of each categorical and multi-hot embedding
     min_frequency: int = 1             # a value seen fewer times maps to the out-of-vocabulary index 0
     max_vocabulary: int = 1_000_000    # most frequent values kept per column; the rest map to index 0
@@ -99,19 +103,31 @@ class TrainingParams:
     context_dropout: float = 1.0       # per training row, replace price/rank/score by the export defaults
     id_dropout: float = 0.0            # per training row, replace the id by the OOV index (cold-start practice)
     # --- ours: model ---
-    layers: int = 1                    # hidden MLP layers per tower (0 = linear projection)
+    layers: int = 1                    # hidden MLP layers of each tower's feature part (0 = linear)
+    # customer id part = mean embedding of its accepted offers (training split) instead of an id
+    # embedding; "auto": on for implicit feedback (a frame without declines), off with real declines
+    user_history: str = "auto"
+    history_length: int = 256          # most recent distinct accepted offers kept per customer
+    history_dropout: float = 0.7       # per training row, share of history entries dropped (its target always is)
     # --- ours: objective ---
-    loss: str = "mixed"                # "softmax" in-batch | "mixed" in-batch + catalogue | "pointwise" BCE only
+    # "softmax" in-batch | "mixed" in-batch + catalogue | "pointwise" BCE on the exposures; "auto":
+    # "pointwise" when the frame holds real declines, "mixed" for implicit feedback (accepts only)
+    loss: str = "auto"
     pointwise_weight: float = 0.5      # weight of BCE on explicit declines added to softmax/mixed (0 = off)
     temperature: float = 0.2           # logits = cosine / temperature
     logq_correction: bool = True       # subtract log sampling probability of each candidate
     remove_accidental_hits: bool = True  # mask in-batch candidates that are the row's own positive offer
-    n_catalogue_negatives: int = 256   # uniform catalogue negatives per step for loss="mixed"
+    n_catalogue_negatives: int = 2048  # loss="mixed": uniform catalogue negatives per step; a catalogue
+    #                                    of at most this many offers is ranked whole (exact softmax)
+    weight_decay: float = 0.0          # decoupled weight decay (AdamW); 0 = Adam
     # a sampled decline pairs an accept's customer with a uniformly drawn catalogue offer (label 0):
     # "auto" when the frame has no declines (implicit feedback), "always" beside real declines, "off"
     decline_sampling: str = "auto"
     # --- ours: validation / runtime ---
-    validation_metric: str = "ndcg@k"  # early-stopping metric (higher is better)
+    # early-stopping metric (higher is better); "auto": "ndcg@k" for implicit feedback, "user_auc"
+    # (accepts above declines, per customer) with real declines
+    validation_metric: str = "auto"
+    min_epochs: int = 5                # early stopping never stops a run before this many epochs
     metric_k: int = 10                 # K of recall@K / NDCG@K
     max_validation_users: int = 5000   # customers sampled for the ranking metrics each epoch
     num_threads: int = 0               # torch threads while training; 0 = 1 (measured fastest for these sizes)
@@ -128,6 +144,16 @@ class TrainingParams:
         if unknown:
             raise ValueError(f"unknown training parameter(s) {unknown}; known parameters: {sorted(known)}")
         return cls(**values)
+
+    def resolved(self, has_declines: bool) -> "TrainingParams":
+        """The parameters with every "auto" decided by the kind of feedback: real declines in the
+        frame (explicit) or accepts only (implicit)."""
+        return dataclasses.replace(
+            self,
+            loss=self.loss if self.loss != "auto" else ("pointwise" if has_declines else "mixed"),
+            user_history=self.user_history if self.user_history != "auto" else ("off" if has_declines else "on"),
+            validation_metric=(self.validation_metric if self.validation_metric != "auto"
+                               else ("user_auc" if has_declines else "ndcg@k")))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,7 +187,8 @@ class TrainingParams:
         for name in ("side_features", "logq_correction", "remove_accidental_hits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
-        for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING)):
+        for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING),
+                              ("user_history", SWITCHES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(choices)}")
         if self.validation_metric not in VALIDATION_METRICS:

@@ -30,7 +30,7 @@ from twotower_pipeline.ingest.training_frame import CONTEXT_DEFAULTS
 from twotower_pipeline.model import evaluation, losses
 from twotower_pipeline.model.config import TrainingParams
 from twotower_pipeline.model.features import FeatureEncoder, TowerInputs, side_feature_columns
-from twotower_pipeline.model.towers import TwoTowerModel, embed_inputs
+from twotower_pipeline.model.towers import TwoTowerModel
 
 Log = Callable[[str], None]
 
@@ -116,6 +116,7 @@ def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str],
     if bad.any():
         raise ValueError(f"target column {params.target_column!r} must be 0 or 1 on every row; {int(bad.sum())} rows "
                          f"are not (e.g. {frame.loc[bad, params.target_column].iloc[0]!r})")
+    params = params.resolved(has_declines=bool((target == 0).any()))
     user_columns, item_columns = feature_columns(frame, params)
     for column in dict.fromkeys([params.user_id_column, params.item_id_column, *user_columns, *item_columns]):
         n_missing = int(frame[column].isna().sum())
@@ -148,15 +149,20 @@ def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str],
 
 
 # --- preparation -----------------------------------------------------------------------------------
-def prepare(frame: pd.DataFrame, params: TrainingParams | None = None) -> PreparedData:
+def prepare(frame: pd.DataFrame, params: TrainingParams | None = None, held: np.ndarray | None = None) -> PreparedData:
+    """`held`: a boolean [len(frame)] held-out mask of the caller's own (a benchmark's fixed split)
+    instead of `split_of(frame, params)`."""
     params = params or TrainingParams()
     user_columns, item_columns = check_frame(frame, params)
     frame = frame.reset_index(drop=True)
+    labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
+    params = params.resolved(has_declines=bool((labels == 0).any()))
     n = len(frame)
     rng = np.random.default_rng(params.seed)
-    held = split_of(frame, params)
+    held = split_of(frame, params) if held is None else np.asarray(held, dtype=bool)
+    if held.shape != (n,):
+        raise ValueError(f"the held-out mask has shape {held.shape}; the frame has {n} rows")
     validation_rows, train_rows = np.flatnonzero(held), np.flatnonzero(~held)
-    labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
     if labels[validation_rows].sum() == 0:
         raise ValueError(f"the held-out exposures ({params.holdout} split) hold no accepted rows, so no metric "
                          "can be computed: train on more exposures or hold out more "
@@ -204,8 +210,8 @@ def split_of(frame: pd.DataFrame, params: TrainingParams) -> np.ndarray:
 def evaluate(model: TwoTowerModel, data: PreparedData) -> dict:
     """Validation metrics of export-style vectors (see module docstring): the offline-scoring
     metrics at K = metric_k for the sampled customers, AUCs on every held-out exposure."""
-    users = embed_inputs(model.user_tower, data.customer_inputs)               # [U, d]
-    items = embed_inputs(model.item_tower, data.catalogue_inputs)              # [N, d]
+    users = model.embed_users(data.customer_inputs)                            # [U, d]
+    items = model.embed_items(data.catalogue_inputs)                           # [N, d]
     return evaluation.evaluate(evaluation.VectorScorer(users, items), data.held_out, ks=(data.params.metric_k,),
                                users=data.ranking_users)
 
@@ -260,7 +266,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
     softmax = params.loss in ("softmax", "mixed")
     bce_weight = 1.0 if params.loss == "pointwise" else params.pointwise_weight
     n_items = len(data.offers)
-    n_negatives = min(params.n_catalogue_negatives, n_items) if params.loss == "mixed" else 0
+    whole_catalogue = params.loss == "mixed" and n_items <= params.n_catalogue_negatives
+    n_negatives = params.n_catalogue_negatives if params.loss == "mixed" and not whole_catalogue else 0
     accepted = data.accepted_train_rows
     primary_rows = torch.from_numpy(accepted if softmax else data.train_rows)
     bce_rows = torch.from_numpy(data.train_rows)
@@ -273,26 +280,48 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
 
     with _torch_settings(params):
         model = TwoTowerModel(params, data.user_encoder, data.item_encoder)
+        if model.uses_history:
+            model.set_history(data.user_inputs.ids[accepted].numpy(), data.item_inputs.ids[accepted].numpy())
         generator = torch.Generator().manual_seed(params.seed)
         augment_user = _Augment(data.user_encoder, params, generator)
         augment_item = _Augment(data.item_encoder, params, generator)
 
-        def pointwise_loss(rows: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        def users(rows: torch.Tensor) -> torch.Tensor:
+            """User vectors of exposures `rows` [b]: each row's own offer left out of its history."""
+            return model.user_vectors(augment_user(data.user_inputs.take(rows)), exclude=data.item_inputs.ids[rows],
+                                      dropout=params.history_dropout, generator=generator)
+
+        def items(rows: torch.Tensor, catalogue: torch.Tensor | None) -> torch.Tensor:
+            """Item vectors of exposures `rows` [b] (from this step's whole-catalogue pass when there is one)."""
+            if catalogue is not None:
+                return catalogue[item_keys[rows]]
+            return model.item_tower(augment_item(data.item_inputs.take(rows)))
+
+        def catalogue_item(drawn: torch.Tensor, catalogue: torch.Tensor | None) -> torch.Tensor:
+            return catalogue[drawn] if catalogue is not None else model.item_tower(data.catalogue_inputs.take(drawn))
+
+        def pointwise_loss(rows: torch.Tensor, user: torch.Tensor, item: torch.Tensor,
+                           catalogue: torch.Tensor | None) -> torch.Tensor:
             """BCE on the exposures `rows` (user, item [b, d]), plus one sampled decline per row: the
             row's customer with a uniformly drawn catalogue offer."""
             labels = data.labels[rows]
             if sample_declines:
                 drawn = torch.randint(n_items, (len(rows),), generator=generator)            # [b]
                 user = torch.cat([user, user])                                            # [2b, d]
-                item = torch.cat([item, model.item_tower(data.catalogue_inputs.take(drawn))])
+                item = torch.cat([item, catalogue_item(drawn, catalogue)])
                 labels = torch.cat([labels, torch.zeros(len(rows))])
             return losses.pointwise_bce_loss(user, item, labels, temperature=params.temperature, bias=model.bias)
 
-        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+        if params.weight_decay:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
         log(f"training on {len(data.train_rows):,} exposures ({len(accepted):,} accepted), validating on "
             f"{len(data.validation_rows):,}; {len(data.customers):,} customers, {n_items:,} offers; loss "
-            f"{params.loss}{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}"
-            f"{' with sampled declines' if sample_declines else ''}; "
+            f"{params.loss}{' (whole catalogue)' if whole_catalogue else ''}"
+            f"{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}"
+            f"{' with sampled declines' if sample_declines else ''}"
+            f"{'; customer history pooled' if model.uses_history else ''}; "
             f"user tower {data.user_encoder.columns}, item tower {data.item_encoder.columns}")
 
         history, best_value, best_epoch, best_state = [], -math.inf, 0, None
@@ -307,11 +336,14 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             total = torch.zeros(())
             for step in range(steps):
                 rows = order[step * B:(step + 1) * B]                           # [B]
-                user = model.user_tower(augment_user(data.user_inputs.take(rows)))    # [B, d]
-                item = model.item_tower(augment_item(data.item_inputs.take(rows)))    # [B, d]
+                catalogue = model.item_tower(data.catalogue_inputs) if whole_catalogue else None  # [N, d]
+                user = users(rows)                                               # [B, d]
                 if softmax:
                     ids = item_keys[rows]                                        # [B]
-                    if n_negatives:
+                    if whole_catalogue:
+                        loss = losses.catalogue_softmax_loss(user, catalogue, ids, temperature=params.temperature)
+                    elif n_negatives:
+                        item = items(rows, None)                                 # [B, d]
                         sampled = torch.randint(n_items, (n_negatives,), generator=generator)  # [M]
                         negatives = model.item_tower(data.catalogue_inputs.take(sampled))      # [M, d]
                         loss = losses.mixed_negatives_loss(
@@ -320,20 +352,22 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                             negative_log_q=log_q[sampled] if params.logq_correction else None,
                             remove_accidental_hits=params.remove_accidental_hits)
                     else:
+                        item = items(rows, None)
                         loss = losses.in_batch_softmax_loss(
                             user, item, ids, temperature=params.temperature,
                             log_q=log_q[ids] if params.logq_correction else None,
                             remove_accidental_hits=params.remove_accidental_hits)
-                    if bce_weight:
+                    if bce_weight and not has_declines:  # implicit: the batch's accepts are the positives
+                        loss = loss + bce_weight * pointwise_loss(rows, user, items(rows, catalogue), catalogue)
+                    elif bce_weight:
                         if bce_at + B > len(bce_order):
                             bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
                         extra = bce_order[bce_at:bce_at + B]
                         bce_at += B
                         loss = loss + bce_weight * pointwise_loss(
-                            extra, model.user_tower(augment_user(data.user_inputs.take(extra))),
-                            model.item_tower(augment_item(data.item_inputs.take(extra))))
+                            extra, users(extra), items(extra, catalogue), catalogue)
                 else:
-                    loss = pointwise_loss(rows, user, item)
+                    loss = pointwise_loss(rows, user, items(rows, catalogue), catalogue)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -354,7 +388,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             log(f"epoch {epoch}/{params.epochs} loss {history[-1]['loss']:.4f} {key} {value:.4f} "
                 f"user_auc {scores['user_auc']:.4f} item_auc {scores['item_auc']:.4f} "
                 f"({seconds:.1f}s, {steps * B / max(seconds, 1e-9):,.0f} ex/s){' *' if improved else ''}")
-            if params.stopping_rounds and epoch - best_epoch >= params.stopping_rounds:
+            if (params.stopping_rounds and epoch >= params.min_epochs
+                    and epoch - best_epoch >= params.stopping_rounds):
                 stopped_early = epoch < params.epochs
                 log(f"early stopping: no {key} gain in {params.stopping_rounds} epochs; best epoch {best_epoch}")
                 break

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
+from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.flatten import (
@@ -101,9 +101,9 @@ class FlattenConfig(dg.Config):
         dg.AssetCheckSpec("schema", asset=FLATTEN_KEY, description="Documented columns with the right types."),
         dg.AssetCheckSpec("no_null_keys", asset=FLATTEN_KEY, description="customer_id, offer and uuid are set."),
         dg.AssetCheckSpec(
-            "accept_rate_between_0_and_1",
+            "has_accepts",
             asset=FLATTEN_KEY,
-            description="Warns when a slice is all accepts or all declines.",
+            description="Warns when nothing in a slice is accepted (accepts only is implicit feedback: fine).",
         ),
         dg.AssetCheckSpec(
             "rejected_share_below_threshold",
@@ -160,7 +160,7 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
     )
     yield schema_check(FLATTEN_KEY, exposures, FLATTEN_SCHEMA)
     yield no_null_keys_check(FLATTEN_KEY, exposures, ["customer_id", "offer", "uuid"])
-    yield accept_rate_check(FLATTEN_KEY, exposures, severity=dg.AssetCheckSeverity.WARN)
+    yield accepts_check(FLATTEN_KEY, exposures, severity=dg.AssetCheckSeverity.WARN)
     yield dg.AssetCheckResult(
         asset_key=FLATTEN_KEY,
         check_name="rejected_share_below_threshold",

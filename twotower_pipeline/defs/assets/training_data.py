@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, FLATTEN_SCHEMA, customer_features, offer_matrix
-from twotower_pipeline.defs.checks import accept_rate_check, no_null_keys_check, schema_check
+from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
@@ -87,7 +87,7 @@ def _overlaps(window: dg.TimeWindow, start: dt.datetime, end: dt.datetime) -> bo
     check_specs=[
         dg.AssetCheckSpec("schema", asset="training_frame", blocking=True),
         dg.AssetCheckSpec("no_null_keys", asset="training_frame", blocking=True),
-        dg.AssetCheckSpec("accept_rate_between_0_and_1", asset="training_frame", blocking=True),
+        dg.AssetCheckSpec("has_accepts", asset="training_frame", blocking=True),
         dg.AssetCheckSpec("enough_accepted_rows", asset="training_frame", blocking=True),
         dg.AssetCheckSpec("unique_exposures", asset="training_frame", blocking=True,
                           description="Each exposure (uuid, offer) appears once: no slice was read twice."),
@@ -131,7 +131,7 @@ def training_frame(context: dg.AssetExecutionContext, config: TrainingFrameConfi
     )
     yield schema_check(key, frame, TRAINING_FRAME_SCHEMA)
     yield no_null_keys_check(key, frame, ["customer_id", "offer"])
-    yield accept_rate_check(key, frame)
+    yield accepts_check(key, frame)
     yield dg.AssetCheckResult(
         asset_key=key,
         check_name="enough_accepted_rows",
