@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.twotower/dagster_home
 
-.PHONY: install demo test ui bench bench-quick check server-stop clean
+.PHONY: install demo test ui bench bench-quick quality check server-stop clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: install $(BENCH_STAMP)
 
 bench-quick: install $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+# The README's quality table (MovieLens 100K implicit protocol, coupons against scikit-learn).
+quality: install $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.quality
 
 check: install
 	$(BIN)/python -m flake8 twotower_pipeline twotower_pipeline_tests benchmarks

@@ -186,13 +186,14 @@ def implicit_frame(n_customers=120, seed=0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_the_auto_choices_follow_the_kind_of_feedback():
-    implicit = TrainingParams().resolved(has_declines=False)
-    explicit = TrainingParams().resolved(has_declines=True)
-    assert (implicit.loss, implicit.user_history, implicit.validation_metric) == ("mixed", "on", "ndcg@k")
-    assert (explicit.loss, explicit.user_history, explicit.validation_metric) == ("pointwise", "off", "user_auc")
-    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k").resolved(True)
-    assert (chosen.loss, chosen.user_history, chosen.validation_metric) == ("softmax", "on", "recall@k")
+def test_the_auto_choices_follow_the_data():
+    def choices(params):
+        return params.loss, params.user_history, params.validation_metric
+    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("mixed", "on", "ndcg@k")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("mixed", "on", "ndcg@k")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "user_auc")
+    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k")
+    assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k")
 
 
 def test_accepts_only_train_on_pooled_histories_and_rank_the_planted_groups():

@@ -116,7 +116,7 @@ def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str],
     if bad.any():
         raise ValueError(f"target column {params.target_column!r} must be 0 or 1 on every row; {int(bad.sum())} rows "
                          f"are not (e.g. {frame.loc[bad, params.target_column].iloc[0]!r})")
-    params = params.resolved(has_declines=bool((target == 0).any()))
+    params = params.resolved(has_declines=bool((target == 0).any()), n_offers=frame[params.item_id_column].nunique())
     user_columns, item_columns = feature_columns(frame, params)
     for column in dict.fromkeys([params.user_id_column, params.item_id_column, *user_columns, *item_columns]):
         n_missing = int(frame[column].isna().sum())
@@ -156,7 +156,7 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None, held: np.
     user_columns, item_columns = check_frame(frame, params)
     frame = frame.reset_index(drop=True)
     labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
-    params = params.resolved(has_declines=bool((labels == 0).any()))
+    params = params.resolved(has_declines=bool((labels == 0).any()), n_offers=frame[params.item_id_column].nunique())
     n = len(frame)
     rng = np.random.default_rng(params.seed)
     held = split_of(frame, params) if held is None else np.asarray(held, dtype=bool)

@@ -48,8 +48,17 @@ class TwoTowerConfig(dg.Config):
     item_features: list[str] = Field(default=_DEFAULTS.item_features)
     categorical_columns: list[str] = Field(default=_DEFAULTS.categorical_columns,
                                            description="Empty: text columns are categorical.")
-    layers: int = Field(default=_DEFAULTS.layers, description="Hidden layers per tower (ours; 0 = linear).")
-    loss: str = Field(default=_DEFAULTS.loss, description="softmax | mixed | pointwise (ours).")
+    layers: int = Field(default=_DEFAULTS.layers,
+                        description="Hidden layers of each tower's feature part (ours; 0 = linear).")
+    loss: str = Field(default=_DEFAULTS.loss, description="auto | softmax | mixed | pointwise (ours; auto: pointwise "
+                      "for real declines over a small catalogue, else mixed).")
+    user_history: str = Field(default=_DEFAULTS.user_history,
+                              description="auto | on | off: the customer as the mean of its accepted offers (ours).")
+    history_dropout: float = Field(default=_DEFAULTS.history_dropout,
+                                   description="Share of a history dropped per training row (ours).")
+    weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
+    min_epochs: int = Field(default=_DEFAULTS.min_epochs,
+                            description="Early stopping never stops a run before this many epochs (ours).")
     pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
                                     description="Weight of the loss on explicit declines (ours).")
     temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
@@ -103,11 +112,11 @@ def two_tower_model(
         raise dg.Failure(description=f"cannot train on the training frame: {error}") from None
     seconds = time.monotonic() - started
     run = TrainedRun(
-        run=run_document(run_id=run_id, predictor=predictor, params=params, metrics=result.metrics,
+        run=run_document(run_id=run_id, predictor=predictor, params=result.params, metrics=result.metrics,
                          n_rows=result.n_rows, epochs_run=result.epochs_run),
         model=result.model,
         details={"best_epoch": result.best_epoch, "metrics": result.metrics, "history": result.history,
-                 "parameters": params.to_dict(), "dagster_run_id": context.run_id,
+                 "parameters": result.params.to_dict(), "dagster_run_id": context.run_id,
                  # offline scoring rebuilds the held-out split from this very frame
                  "training_frame_write_id": frame_version},
     )
@@ -119,7 +128,7 @@ def two_tower_model(
         metadata={
             "run_id": run_id,
             "predictor": predictor,
-            "parameters": dg.MetadataValue.json(params.to_dict()),
+            "parameters": dg.MetadataValue.json(result.params.to_dict()),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
