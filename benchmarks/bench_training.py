@@ -15,7 +15,6 @@ NDCG@10 of both after the same epochs shows the quality is the same.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from twotower_pipeline.model import TrainingParams, TwoTowerModel, evaluation, rank_offers, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
@@ -191,7 +192,7 @@ def test_the_auto_choices_follow_the_data():
         return params.loss, params.user_history, params.validation_metric
     assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("mixed", "on", "ndcg@k")
     assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("mixed", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "user_auc")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc")
     chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k")
     assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k")
 
@@ -214,7 +215,7 @@ def test_accepts_only_train_on_pooled_histories_and_rank_the_planted_groups():
     assert result.metrics["ndcg@10"] > 0.5
 
 
-def test_pooled_history_is_the_mean_of_the_kept_offers_without_the_excluded_one():
+def test_pooled_history_is_the_unit_mean_of_the_kept_offers_without_the_excluded_one():
     frame = implicit_frame(n_customers=8)
     data = prepare(frame, TrainingParams(**FAST, user_history="on"))
     model = TwoTowerModel(data.params, data.user_encoder, data.item_encoder)
@@ -222,8 +223,8 @@ def test_pooled_history_is_the_mean_of_the_kept_offers_without_the_excluded_one(
     table = model.item_tower.id_embedding.weight.detach()
     ids = torch.tensor([1, 1, 2, 3])                                           # 3 has no history
     pooled = model.pooled_history(ids, exclude=torch.tensor([0, 5, 7, 0])).detach()
-    torch.testing.assert_close(pooled[0], table[[3, 5, 9]].mean(0))
-    torch.testing.assert_close(pooled[1], table[[3, 9]].mean(0))
+    torch.testing.assert_close(pooled[0], F.normalize(table[[3, 5, 9]].mean(0), dim=0))
+    torch.testing.assert_close(pooled[1], F.normalize(table[[3, 9]].mean(0), dim=0))
     torch.testing.assert_close(pooled[2], torch.zeros(table.shape[1]))        # its only offer excluded
     torch.testing.assert_close(pooled[3], torch.zeros(table.shape[1]))
     dropped = model.pooled_history(torch.ones(2000, dtype=torch.int64), dropout=0.5,

@@ -36,7 +36,7 @@ LOSSES = ("auto", "softmax", "mixed", "pointwise")
 SWITCHES = ("auto", "on", "off")
 HOLDOUTS = ("customer", "time")
 DECLINE_SAMPLING = ("auto", "off", "always")
-VALIDATION_METRICS = ("auto", "ndcg@k", "recall@k", "user_auc", "item_auc")
+VALIDATION_METRICS = ("auto", "ndcg@k", "recall@k", "auc", "user_auc", "item_auc")
 
 # name -> (low, high) inclusive; floats marked by float bounds.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -77,7 +77,7 @@ class TrainingParams:
     # --- documented (SPEC §4) ---
     embedding_dim: int = 32            # length of both towers' output vectors
     epochs: int = 25                   # passes over the training examples (upper bound with early stopping)
-    stopping_rounds: int = 3           # early-stopping patience in epochs; 0 = no early stopping
+    stopping_rounds: int = 3           # early-stopping patience in epochs; 0 = all epochs, the last one kept
     batch_size: int = 256              # examples per step (= in-batch candidates for the softmax)
     hidden: int = 64                   # width of each MLP layer
     learning_rate: float = 0.001       # Adam
@@ -123,8 +123,8 @@ class TrainingParams:
     # "auto" when the frame has no declines (implicit feedback), "always" beside real declines, "off"
     decline_sampling: str = "auto"
     # --- ours: validation / runtime ---
-    # early-stopping metric (higher is better); "auto": "ndcg@k", or "user_auc" (accepts above
-    # declines, per customer) for real declines over a small catalogue (see `resolved`)
+    # early-stopping metric (higher is better); "auto": "ndcg@k", or "auc" (accepts above declines
+    # over all held-out exposures) for real declines over a small catalogue (see `resolved`)
     validation_metric: str = "auto"
     min_epochs: int = 5                # early stopping never stops a run before this many epochs
     metric_k: int = 10                 # K of recall@K / NDCG@K
@@ -147,8 +147,9 @@ class TrainingParams:
     def resolved(self, has_declines: bool, n_offers: int) -> "TrainingParams":
         """The parameters with every "auto" decided by the data: a frame with real declines whose
         catalogue has at most `small_catalogue` offers asks whether a customer accepts an offer
-        (pointwise, validated on user AUC, the customer its id embedding); any other frame asks which
-        offers (the catalogue softmax, validated on NDCG@K, the customer its history)."""
+        (pointwise, validated on the accept/decline AUC of the held-out exposures, the customer its
+        id embedding); any other frame asks which offers (the catalogue softmax, validated on NDCG@K,
+        the customer its history)."""
         accept_or_decline = has_declines and n_offers <= self.small_catalogue
         return dataclasses.replace(
             self,
@@ -156,7 +157,7 @@ class TrainingParams:
             user_history=(self.user_history if self.user_history != "auto"
                           else ("off" if accept_or_decline else "on")),
             validation_metric=(self.validation_metric if self.validation_metric != "auto"
-                               else ("user_auc" if accept_or_decline else "ndcg@k")))
+                               else ("auc" if accept_or_decline else "ndcg@k")))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -381,7 +381,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             history.append({"epoch": epoch, "loss": float(total) / max(1, steps), "validation_metric": value,
                             "seconds": seconds, "eval_seconds": time.perf_counter() - evaluated, **scores})
             improved = not math.isnan(value) and value > best_value
-            if improved or best_state is None:
+            # stopping_rounds 0: exactly `epochs` epochs, the last one kept
+            if improved or best_state is None or not params.stopping_rounds:
                 best_value = value if not math.isnan(value) else best_value
                 best_epoch = epoch
                 best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
