@@ -47,7 +47,8 @@ def _frame(quick: bool) -> tuple[str, pd.DataFrame]:
 
 def plain_user_vectors(model: TwoTowerModel, x: TowerInputs, exclude: torch.Tensor, dropout: float,
                        generator: torch.Generator) -> torch.Tensor:
-    """The user tower with the history pooled the plain way: EmbeddingBag, masked by weights."""
+    """The user tower with the history pooled the plain way: EmbeddingBag, masked by weights, at
+    unit length as the model pools it."""
     ids = x.ids
     starts, lengths = model.history_offsets[ids], model.history_lengths(ids)
     first = torch.cumsum(lengths, 0) - lengths
@@ -56,8 +57,7 @@ def plain_user_vectors(model: TwoTowerModel, x: TowerInputs, exclude: torch.Tens
     weights = ((items != exclude[row]) & (torch.rand(len(items), generator=generator) >= dropout)).float()
     total = F.embedding_bag(items, model.item_tower.id_embedding.weight, first, mode="sum",
                             per_sample_weights=weights)
-    count = torch.zeros(len(ids)).index_add_(0, row, weights).clamp(min=1.0)
-    return model.user_tower(x, total / count.unsqueeze(1))
+    return model.user_tower(x, F.normalize(total, dim=1))  # the mean at unit length = the sum at unit length
 
 
 def reference_loop(data: PreparedData, epochs: int) -> tuple[float, TwoTowerModel]:

@@ -74,8 +74,8 @@ def movielens(quick: bool) -> list[tuple[str, dict]]:
         rows.append((name, results["two_tower"]))
     if not quick:
         timed = run_protocol(frame, customers, offers, TrainingParams(holdout="time", holdout_days=30))
-        for name in ("popularity", "ease"):
-            rows.append((f"time split (last 30 days): {name}", timed[name]))
+        for name, label in (("popularity", "popularity"), ("ease", "EASE")):
+            rows.append((f"time split (last 30 days): {label}", timed[name]))
         rows.append(("time split (last 30 days): two-tower, defaults", timed["two_tower"]))
     for name, values in PUBLISHED.items():
         rows.append((name, dict(zip(RANKING, values))))

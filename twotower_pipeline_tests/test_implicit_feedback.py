@@ -1,6 +1,13 @@
 """A bring-your-own file of accepts only (implicit feedback) through the pipeline the UI runs:
-import -> runtime logs -> flatten -> training frame -> train -> gate -> publish; and a file where
-nothing is accepted, refused by the training frame's blocking check."""
+import -> runtime logs -> flatten -> training frame -> train -> gate -> publish, materialised in
+process and launched from a real `dagster dev` over its GraphQL API; and a file where nothing is
+accepted, refused by the training frame's blocking check."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -10,8 +17,9 @@ from twotower_pipeline import offline, publishing
 from twotower_pipeline.definitions import build_resources, defs
 from twotower_pipeline.ingest.importer import load_exposures_file
 from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
-from twotower_pipeline.store import names
+from twotower_pipeline.store import embeddings, names
 from twotower_pipeline_tests.test_assets_training import TRAIN_AND_PUBLISH
+from twotower_pipeline_tests.test_webserver import LAUNCH, LOCATION, PROJECT_ROOT, STATUS, _free_port, _graphql, _wait
 
 ASSETS = list(defs.assets)
 RANGE = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
@@ -77,3 +85,56 @@ def test_a_file_where_nothing_is_accepted_is_refused_before_training(tmp_path, m
     assert "nothing to learn" in check.description
     assert not result.asset_materializations_for_node("two_tower_model")
     assert store.collection(names.RUNS).count_documents({}) == 0
+
+
+def test_a_file_of_accepts_only_trains_from_the_ui_and_its_run_goes_live(tmp_path, mongo_uri, database_prefix,
+                                                                        store):
+    """The operator's path: the file loaded, then three jobs launched from the UI (flatten the
+    range, build the frame, train with the launchpad's parameters); the run is live afterwards."""
+    write_runtime_logs(store, load_exposures_file(_file(tmp_path / "accepts.csv", accepted=1),
+                                                  predictor="accepts_only"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "twotower_pipeline/instance/dagster.yaml").read_text())
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MONGODB_URI": mongo_uri,
+           "TWOTOWER_DATABASE_PREFIX": database_prefix}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
+         str(port)], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        def location():
+            try:
+                entries = _graphql(port, LOCATION, {})["data"]["workspaceOrError"]["locationEntries"]
+            except OSError:
+                return None
+            return entries[0]["name"] if entries else None
+
+        name = _wait(location)
+
+        def launch(job: str, run_config: dict, tags: dict | None = None) -> str:
+            params = {"selector": {"repositoryLocationName": name, "repositoryName": "__repository__",
+                                   "jobName": job},
+                      "runConfigData": run_config, "mode": "default",
+                      "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}
+            launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPipelineExecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            run_id = launched["run"]["runId"]
+
+            def ended():
+                status = _graphql(port, STATUS, {"id": run_id})["data"]["runOrError"]["status"]
+                return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+            assert _wait(ended, timeout=300) == "SUCCESS", job
+            return run_id
+
+        launch("flatten_runtime_logs", {}, RANGE)
+        launch("build_training_frame", {"ops": {"training_frame": {"config": {"predictor": "accepts_only"}}}})
+        launch("train_two_tower", {"run_id": "ui_implicit", "epochs": 12, "batch_size": 128})
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    assert embeddings.Publisher(store).status()["live_run_id"] == "ui_implicit"
+    assert store.collection(publishing.USER_EMBEDDINGS).count_documents({"run_id": "ui_implicit"}) == N_CUSTOMERS
+    assert offline.offline_metrics(store, "ui_implicit")["gate"]["passed"]
