@@ -66,7 +66,6 @@ def select_and_train(frame, params: TrainingParams, held: np.ndarray, log=None) 
     chosen = fit(prepare(training_rows, params), log)
     final = dataclasses.replace(params, epochs=chosen.best_epoch, stopping_rounds=0)
     result = fit(prepare(frame, final, held=held), log)
-    result.history = chosen.history
     return result
 
 

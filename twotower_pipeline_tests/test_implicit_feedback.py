@@ -87,8 +87,7 @@ def test_a_file_where_nothing_is_accepted_is_refused_before_training(tmp_path, m
     assert store.collection(names.RUNS).count_documents({}) == 0
 
 
-def test_a_file_of_accepts_only_trains_from_the_ui_and_its_run_goes_live(tmp_path, mongo_uri, database_prefix,
-                                                                        store):
+def test_a_file_of_accepts_only_trains_from_the_ui_and_goes_live(tmp_path, mongo_uri, database_prefix, store):
     """The operator's path: the file loaded, then three jobs launched from the UI (flatten the
     range, build the frame, train with the launchpad's parameters); the run is live afterwards."""
     write_runtime_logs(store, load_exposures_file(_file(tmp_path / "accepts.csv", accepted=1),

@@ -1,10 +1,13 @@
 """Training: pre-checks, one-time encoding, the hot loop, per-epoch validation, early stopping.
 
 `train_two_tower(frame, params, log)` = `prepare` (checks the frame before any training time is
-spent, fits the encoders, encodes every row once into tensors, holds out 20% of each customer's
-exposures by a seeded hash: `evaluation.holdout_mask`) then `fit` (Adam; each step gathers a batch
-by index slicing of a seeded permutation, no DataLoader; after each epoch, validation metrics on
-export-style vectors; the best epoch's weights are kept).
+spent, decides the "auto" parameters from the data (`TrainingParams.resolved`), fits the encoders,
+encodes every row once into tensors, holds out 20% of each customer's exposures by a seeded hash:
+`evaluation.holdout_mask`) then `fit` (the customers' histories from the training accepts; Adam,
+or AdamW with weight decay; each step gathers a batch by index slicing of a seeded permutation,
+passes a catalogue of up to `n_catalogue_negatives` offers through the offer tower once and
+ranks it whole with the fused softmax; after each epoch, validation metrics on export-style
+vectors; the best epoch's weights are kept, or the last with `stopping_rounds` 0).
 
 Validation uses the vectors that will be exported and served: one vector per customer and per
 offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0),
@@ -336,6 +339,7 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             total = torch.zeros(())
             for step in range(steps):
                 rows = order[step * B:(step + 1) * B]                           # [B]
+                # the whole catalogue as exported (context at its defaults, no input noise)
                 catalogue = model.item_tower(data.catalogue_inputs) if whole_catalogue else None  # [N, d]
                 user = users(rows)                                               # [B, d]
                 if softmax:
