@@ -41,10 +41,12 @@ RANKING = ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
 #: name -> parameters other than the defaults (and the protocol's validation_split)
 ALTERNATIVES = {
     "customer id embedding instead of its history (`user_history=\"off\"`)": {"user_history": "off"},
-    "in-batch softmax only (`loss=\"softmax\"`)": {"loss": "softmax"},
-    "256 sampled catalogue negatives, not the whole catalogue": {"n_catalogue_negatives": 256},
+    "the exact softmax over the whole catalogue (`loss=\"mixed\"`)": {"loss": "mixed"},
+    "in-batch + 256 sampled catalogue negatives (`loss=\"mixed\"`, `n_catalogue_negatives=256`)":
+        {"loss": "mixed", "n_catalogue_negatives": 256},
     "linear feature parts (`layers=0`)": {"layers": 0},
     "no history dropout (`history_dropout=0`)": {"history_dropout": 0.0},
+    "no feature dropout (`feature_dropout=0`)": {"feature_dropout": 0.0},
     "no side features (`side_features=false`: ids and history only)": {"side_features": False},
 }
 COUPON_ALTERNATIVES = {

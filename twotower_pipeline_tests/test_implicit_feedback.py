@@ -63,7 +63,7 @@ def test_a_file_of_accepts_only_trains_passes_the_gate_and_is_published(tmp_path
     assert trained.success
     [model] = [m for m in trained.asset_materializations_for_node("two_tower_model")]
     parameters = model.metadata["parameters"].value
-    assert parameters["loss"] == "mixed" and parameters["user_history"] == "on"
+    assert parameters["loss"] == "softmax" and parameters["user_history"] == "on"
     record = offline.offline_metrics(store, "implicit_run")
     assert record["gate"]["passed"], record["gate"]
     two_tower, popularity = record["metrics"]["two_tower"], record["metrics"]["popularity"]

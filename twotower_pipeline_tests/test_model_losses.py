@@ -104,3 +104,20 @@ def test_catalogue_softmax_equals_cross_entropy_in_value_and_gradients(temperatu
     torch.testing.assert_close(ours, reference)
     torch.testing.assert_close(grads[0], user.grad)
     torch.testing.assert_close(grads[1], catalogue.grad)
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.01])
+def test_the_fused_in_batch_softmax_equals_the_composed_one(temperature):
+    generator = torch.Generator().manual_seed(5)
+    user = F.normalize(torch.randn(7, 4, generator=generator), dim=1).requires_grad_()
+    item = F.normalize(torch.randn(7, 4, generator=generator), dim=1).requires_grad_()
+    ids = torch.tensor([3, 1, 3, 0, 2, 1, 4])                                 # accidental hits: 0/2, 1/5
+    log_q = torch.log(torch.tensor([0.3, 0.1, 0.3, 0.05, 0.2, 0.1, 0.01]))
+    grads = []
+    for loss_fn in (losses.fused_in_batch_softmax_loss, losses.in_batch_softmax_loss):
+        loss = loss_fn(user, item, ids, temperature=temperature, log_q=log_q, remove_accidental_hits=True)
+        (3.0 * loss).backward()
+        grads.append((loss.detach(), user.grad.clone(), item.grad.clone()))
+        user.grad = item.grad = None
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)  # float32 at logits up to 100

@@ -94,7 +94,7 @@ def test_same_seed_same_weights_and_embeddings():
 
 def test_early_stopping_keeps_the_best_epoch():
     frame = planted_frame(n_customers=60, noise=1.0, seed=3)  # labels are coin flips: the metric wanders
-    params = TrainingParams(**{**FAST, "epochs": 40, "stopping_rounds": 2, "learning_rate": 0.05,
+    params = TrainingParams(**{**FAST, "epochs": 40, "stopping_rounds": 2, "min_epochs": 1, "learning_rate": 0.05,
                                "validation_metric": "user_auc"})
     data = prepare(frame, params)
     logged = []
@@ -190,8 +190,8 @@ def implicit_frame(n_customers=120, seed=0) -> pd.DataFrame:
 def test_the_auto_choices_follow_the_data():
     def choices(params):
         return params.loss, params.user_history, params.validation_metric
-    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("mixed", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("mixed", "on", "ndcg@k")
+    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("softmax", "on", "ndcg@k")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("softmax", "on", "ndcg@k")
     assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc")
     chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k")
     assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k")
@@ -202,8 +202,11 @@ def test_accepts_only_train_on_pooled_histories_and_rank_the_planted_groups():
     lines = []
     result = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 15}), log=lines.append)
     model = result.model
-    assert result.params.loss == "mixed" and model.uses_history and model.user_tower.id_embedding is None
-    assert "whole catalogue" in lines[0] and "sampled declines" in lines[0] and "history pooled" in lines[0]
+    assert result.params.loss == "softmax" and model.uses_history and model.user_tower.id_embedding is None
+    assert "sampled declines" in lines[0] and "history pooled" in lines[0]
+    whole = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 15, "loss": "mixed"}), log=lines.append)
+    assert "whole catalogue" in lines[-1 - whole.epochs_run - int(whole.stopped_early)]
+    assert whole.metrics["ndcg@10"] > 0.5
     # every history is the customer's distinct training accepts, in offer-id codes
     lengths = model.history_lengths(torch.arange(1, len(model.user_encoder.id_vocabulary) + 1))
     assert int(lengths.min()) >= 1 and int(lengths.max()) <= 6
@@ -254,3 +257,21 @@ def test_early_stopping_waits_for_min_epochs(monkeypatch):
     assert (waited.epochs_run, waited.best_epoch, waited.stopped_early) == (7, 1, True)
     prompt = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 20, "stopping_rounds": 2, "min_epochs": 1}))
     assert prompt.epochs_run == 3
+
+
+def test_feature_dropout_leaves_the_history_alone_for_the_dropped_rows_and_only_while_training():
+    frame = implicit_frame(n_customers=8).assign(segment=lambda f: "s" + (f["customer_id"].str[1:].astype(int) % 2)
+                                                 .astype(str))
+    result = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 2}))
+    model = result.model
+    assert "segment" in model.user_encoder.categorical
+    x = model.user_encoder.encode(frame.drop_duplicates("customer_id").reset_index(drop=True))
+    history_only = F.normalize(model.pooled_history(x.ids), dim=1).detach()
+    with_features = model.embed_users(x)
+    assert not torch.allclose(with_features, history_only, atol=1e-4)   # the features move the vectors
+    model.train()
+    dropped = model.user_vectors(x, feature_dropout=0.99, generator=torch.Generator().manual_seed(1)).detach()
+    same = torch.isclose(dropped, history_only, atol=1e-5).all(dim=1)
+    assert same.float().mean() > 0.5                                    # nearly every row: history only
+    model.eval()
+    torch.testing.assert_close(model.embed_users(x), with_features)      # exported vectors: never dropped

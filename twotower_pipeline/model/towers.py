@@ -6,7 +6,9 @@ L2-normalises:
 - customer tower: the mean of the id embeddings of the offers the customer accepted in training
   (its history, YouTube-DNN style, on the offer tower's own id table, so customers and offers share
   one space from the first step), scaled to unit length, + MLP(customer features). With
-  `user_history` "off", a customer id embedding of its own instead.
+  `user_history` "off", a customer id embedding of its own instead. While training, the customer's
+  feature part is dropped for `feature_dropout` of the rows, so the history carries the ranking and
+  the features correct it (they still place a customer the towers have not seen).
 The MLP reads [categorical embeddings | standardised numerics | multi-hot mean embeddings] ->
 `layers` x (Linear(hidden) + ReLU) -> Linear(embedding_dim). Every out-of-vocabulary row (index 0)
 of every embedding starts at zero, and an unseen customer has no history, so an unseen customer or
@@ -97,9 +99,11 @@ class Tower(nn.Module):
                 self.mlp[-1].weight.zero_()
                 self.mlp[-1].bias.zero_()
 
-    def forward(self, x: TowerInputs, history: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: TowerInputs, history: torch.Tensor | None = None, feature_dropout: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Unit vectors [B, embedding_dim]; `history` [B, embedding_dim] is the pooled history of a
-        history tower (see `TwoTowerModel.pooled_history`)."""
+        history tower (see `TwoTowerModel.pooled_history`); `feature_dropout`: while training, the
+        share of rows whose feature part is dropped (the kept ones scaled up to match)."""
         out = history
         if self.id_embedding is not None:
             ids = self.id_embedding(x.ids)                                     # [B, d]
@@ -114,6 +118,9 @@ class Tower(nn.Module):
             for bag, codes in zip(self.bags, x.multi_hot):
                 parts.append(bag(codes))                                       # [B, feature_dim]
             features = self.mlp(torch.cat(parts, dim=1))                       # [B, d]
+            if self.training and feature_dropout:
+                kept = torch.rand(x.n_rows, 1, generator=generator) >= feature_dropout     # [B, 1]
+                features = features * kept / (1.0 - feature_dropout)
             out = features if out is None else out + features
         if out is None:
             out = torch.zeros((x.n_rows, self.cfg.embedding_dim))
@@ -189,10 +196,13 @@ class TwoTowerModel(nn.Module):
         return F.normalize(torch.sparse.mm(mean, table), dim=1)                             # [B, d]
 
     def user_vectors(self, x: TowerInputs, exclude: torch.Tensor | None = None, dropout: float = 0.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """The user tower on encoded rows, with the pooled history when the model uses it."""
-        history = self.pooled_history(x.ids, exclude, dropout, generator) if self.uses_history else None
-        return self.user_tower(x, history)
+                     generator: torch.Generator | None = None, feature_dropout: float = 0.0) -> torch.Tensor:
+        """The user tower on encoded rows, with the pooled history when the model uses it (and then
+        `feature_dropout` of the rows without their feature part, while training)."""
+        if not self.uses_history:
+            return self.user_tower(x)
+        history = self.pooled_history(x.ids, exclude, dropout, generator)
+        return self.user_tower(x, history, feature_dropout, generator)
 
     # --- inference ---------------------------------------------------------------------------
     def user_embeddings(self, frame: pd.DataFrame) -> np.ndarray:

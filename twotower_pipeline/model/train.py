@@ -270,6 +270,12 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
     bce_weight = 1.0 if params.loss == "pointwise" else params.pointwise_weight
     n_items = len(data.offers)
     whole_catalogue = params.loss == "mixed" and n_items <= params.n_catalogue_negatives
+    # A catalogue this small is embedded once a step and every offer vector of the step gathered
+    # from it, when an exposure's offer row equals the offer's catalogue row (context pinned to the
+    # export defaults, no id dropout): fewer offer-tower rows than embedding each batch's offers
+    # and its sampled declines apart.
+    catalogue_pass = whole_catalogue or (n_items <= params.n_catalogue_negatives and data.item_encoder.pinned_context
+                                         and not params.id_dropout)
     n_negatives = params.n_catalogue_negatives if params.loss == "mixed" and not whole_catalogue else 0
     accepted = data.accepted_train_rows
     primary_rows = torch.from_numpy(accepted if softmax else data.train_rows)
@@ -292,7 +298,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
         def users(rows: torch.Tensor) -> torch.Tensor:
             """User vectors of exposures `rows` [b]: each row's own offer left out of its history."""
             return model.user_vectors(augment_user(data.user_inputs.take(rows)), exclude=data.item_inputs.ids[rows],
-                                      dropout=params.history_dropout, generator=generator)
+                                      dropout=params.history_dropout, generator=generator,
+                                      feature_dropout=params.feature_dropout)
 
         def items(rows: torch.Tensor, catalogue: torch.Tensor | None) -> torch.Tensor:
             """Item vectors of exposures `rows` [b] (from this step's whole-catalogue pass when there is one)."""
@@ -340,14 +347,14 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             for step in range(steps):
                 rows = order[step * B:(step + 1) * B]                           # [B]
                 # the whole catalogue as exported (context at its defaults, no input noise)
-                catalogue = model.item_tower(data.catalogue_inputs) if whole_catalogue else None  # [N, d]
+                catalogue = model.item_tower(data.catalogue_inputs) if catalogue_pass else None  # [N, d]
                 user = users(rows)                                               # [B, d]
+                item = items(rows, catalogue)                                    # [B, d]
                 if softmax:
                     ids = item_keys[rows]                                        # [B]
                     if whole_catalogue:
                         loss = losses.catalogue_softmax_loss(user, catalogue, ids, temperature=params.temperature)
                     elif n_negatives:
-                        item = items(rows, None)                                 # [B, d]
                         sampled = torch.randint(n_items, (n_negatives,), generator=generator)  # [M]
                         negatives = model.item_tower(data.catalogue_inputs.take(sampled))      # [M, d]
                         loss = losses.mixed_negatives_loss(
@@ -356,13 +363,12 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                             negative_log_q=log_q[sampled] if params.logq_correction else None,
                             remove_accidental_hits=params.remove_accidental_hits)
                     else:
-                        item = items(rows, None)
-                        loss = losses.in_batch_softmax_loss(
+                        loss = losses.fused_in_batch_softmax_loss(
                             user, item, ids, temperature=params.temperature,
                             log_q=log_q[ids] if params.logq_correction else None,
                             remove_accidental_hits=params.remove_accidental_hits)
                     if bce_weight and not has_declines:  # implicit: the batch's accepts are the positives
-                        loss = loss + bce_weight * pointwise_loss(rows, user, items(rows, catalogue), catalogue)
+                        loss = loss + bce_weight * pointwise_loss(rows, user, item, catalogue)
                     elif bce_weight:
                         if bce_at + B > len(bce_order):
                             bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
@@ -371,7 +377,7 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                         loss = loss + bce_weight * pointwise_loss(
                             extra, users(extra), items(extra, catalogue), catalogue)
                 else:
-                    loss = pointwise_loss(rows, user, items(rows, catalogue), catalogue)
+                    loss = pointwise_loss(rows, user, item, catalogue)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

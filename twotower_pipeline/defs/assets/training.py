@@ -56,6 +56,9 @@ class TwoTowerConfig(dg.Config):
                               description="auto | on | off: the customer as the mean of its accepted offers (ours).")
     history_dropout: float = Field(default=_DEFAULTS.history_dropout,
                                    description="Share of a history dropped per training row (ours).")
+    feature_dropout: float = Field(default=_DEFAULTS.feature_dropout,
+                                   description="Share of training rows without the customer's features when it "
+                                   "has a history (ours).")
     weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
     min_epochs: int = Field(default=_DEFAULTS.min_epochs,
                             description="Early stopping never stops a run before this many epochs (ours).")
