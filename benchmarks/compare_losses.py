@@ -12,21 +12,21 @@ metrics of its best epoch (export-style vectors, context at the documented defau
 Measured (2-core CPU, 1 torch thread, full mode, 2026-12-01; seconds include per-epoch validation,
 run beside another benchmark):
 
-    configuration                           recall@10  ndcg@10  user_auc  item_auc  best_epoch  seconds
-    --------------------------------------  ---------  -------  --------  --------  ----------  -------
-    defaults                                   0.2512   0.3186    0.6908    0.6296          14       48
-    customer id embedding, no history          0.2368   0.2957    0.6871    0.6301          20       45
-    pointwise only                             0.0633   0.1005    0.7130    0.7043           4       14
-    in-batch softmax + 0.5 pointwise           0.2484   0.3203    0.6898    0.6347          11       27
-    in-batch softmax, no log-Q                 0.0705   0.0736    0.6001    0.6346           3       11
-    256 sampled catalogue negatives            0.2517   0.3211    0.6904    0.6332          11       30
-    no pointwise term                          0.2438   0.3090    0.6780    0.6127           9       19
-    temperature 0.1                            0.2389   0.3020    0.6867    0.6732          10       28
-    history_dropout 0                          0.2522   0.3156    0.6864    0.6329          15       49
-    feature_dropout 0                          0.2494   0.3163    0.6877    0.6257          23       56
-    context_dropout 0 (context as trained)     0.1194   0.1511    0.6294    0.5624           1       11
-    layers 0                                   0.2496   0.3177    0.6890    0.6395          24       49
-    defaults, seed 7 (other split + init)      0.2560   0.3164    0.7016    0.6280          21       49
+    configuration                               recall@10  ndcg@10  user_auc  item_auc  best_epoch  seconds
+    ------------------------------------------  ---------  -------  --------  --------  ----------  -------
+    defaults                                       0.2484   0.3206    0.6901    0.6341          11       20
+    customer id embedding, no history              0.2397   0.3058    0.6884    0.6355          24       22
+    pointwise only                                 0.0633   0.0997    0.7133    0.7025           4       11
+    exact softmax over the whole catalogue         0.2493   0.3196    0.6892    0.6296          18       31
+    in-batch + 256 sampled catalogue negatives     0.2517   0.3211    0.6904    0.6332          11       20
+    no log-Q correction                            0.0711   0.0739    0.6269    0.6561           5       11
+    no pointwise term                              0.2506   0.3172    0.6778    0.6196          14       16
+    temperature 0.1                                0.2477   0.3161    0.6857    0.6650          11       19
+    history_dropout 0                              0.2469   0.3115    0.6911    0.6309           7       16
+    feature_dropout 0                              0.2477   0.3150    0.6867    0.6380          11       18
+    context_dropout 0 (context as trained)         0.0149   0.0211    0.5393    0.5322           1        6
+    layers 0                                       0.2485   0.3154    0.6837    0.6237          11       17
+    defaults, seed 7 (other split + init)          0.2474   0.3125    0.7047    0.6284          10       18
 
     (random ranking: recall@10 = 0.0071; validation = 20% of each customer's exposures, seed 42)
 """

@@ -15,11 +15,11 @@ declines, 10 offers); `python -m benchmarks.quality` gives the README's quality 
   level with it on the implicit protocol; off where the question is accept-or-decline over a small
   catalogue (coupons: AUC 0.798 without it, 0.774 with it);
   `history_dropout` 0.7 regularises it (Mult-DAE style input dropout), and `feature_dropout` 0.5
-  keeps the customer's features from memorising it (implicit protocol NDCG@10 0.451 against 0.440
-  without, three seeds);
+  keeps the customer's features from memorising it (implicit protocol NDCG@10 0.460 against 0.453
+  without);
 - `loss` "auto": the in-batch softmax with log-Q correction and accidental-hit masking plus
-  `pointwise_weight` 0.5 x BCE on declines (implicit protocol NDCG@10 0.463 over three seeds,
-  against 0.453 for the exact softmax over the whole catalogue, `loss` "mixed"); "pointwise" for
+  `pointwise_weight` 0.5 x BCE on declines (implicit protocol NDCG@10 0.460 over three seeds,
+  against 0.451 for the exact softmax over the whole catalogue, `loss` "mixed"); "pointwise" for
   real declines over at most `small_catalogue` offers, where the trees' AUC is the bar;
 - `context_dropout` 1.0: exported vectors are computed with the documented context defaults, so
   towers trained on the exposure's real price/rank/score would serve vectors they never learned;

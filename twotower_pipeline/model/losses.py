@@ -8,8 +8,10 @@ tensorflow/recommenders' retrieval task):
   twice in a batch, or a sampled catalogue negative) is not a negative: its logit is masked;
 - `softmax_loss`: cross-entropy of each row against its positive column;
 - `pointwise_bce_loss`: binary cross-entropy on explicit exposures (accepted 1, declined 0).
-`in_batch_softmax_loss` and `mixed_negatives_loss` compose the pieces; `catalogue_softmax_loss`
-is the exact softmax over a whole (small) catalogue, fused into one autograd function.
+`in_batch_softmax_loss` and `mixed_negatives_loss` compose the pieces. The training loop uses
+`fused_in_batch_softmax_loss` (the same value and gradients as `in_batch_softmax_loss`) and
+`catalogue_softmax_loss` (the exact softmax over a whole, small catalogue): one autograd function,
+`_FusedSoftmax`, that keeps a single [B, N] buffer.
 """
 
 from __future__ import annotations
