@@ -3,12 +3,6 @@ import -> runtime logs -> flatten -> training frame -> train -> gate -> publish,
 process and launched from a real `dagster dev` over its GraphQL API; and a file where nothing is
 accepted, refused by the training frame's blocking check."""
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -19,7 +13,7 @@ from twotower_pipeline.ingest.importer import load_exposures_file
 from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
 from twotower_pipeline.store import embeddings, names
 from twotower_pipeline_tests.test_assets_training import TRAIN_AND_PUBLISH
-from twotower_pipeline_tests.test_webserver import LAUNCH, LOCATION, PROJECT_ROOT, STATUS, _free_port, _graphql, _wait
+from twotower_pipeline_tests.test_webserver import LAUNCH, STATUS, _graphql, _wait, dagster_dev
 
 ASSETS = list(defs.assets)
 RANGE = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
@@ -92,26 +86,7 @@ def test_a_file_of_accepts_only_trains_from_the_ui_and_goes_live(tmp_path, mongo
     range, build the frame, train with the launchpad's parameters); the run is live afterwards."""
     write_runtime_logs(store, load_exposures_file(_file(tmp_path / "accepts.csv", accepted=1),
                                                   predictor="accepts_only"))
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "twotower_pipeline/instance/dagster.yaml").read_text())
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MONGODB_URI": mongo_uri,
-           "TWOTOWER_DATABASE_PREFIX": database_prefix}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
-         str(port)], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    try:
-        def location():
-            try:
-                entries = _graphql(port, LOCATION, {})["data"]["workspaceOrError"]["locationEntries"]
-            except OSError:
-                return None
-            return entries[0]["name"] if entries else None
-
-        name = _wait(location)
-
+    with dagster_dev(tmp_path, mongo_uri, database_prefix) as (port, name):
         def launch(job: str, run_config: dict, tags: dict | None = None) -> str:
             params = {"selector": {"repositoryLocationName": name, "repositoryName": "__repository__",
                                    "jobName": job},
@@ -131,9 +106,6 @@ def test_a_file_of_accepts_only_trains_from_the_ui_and_goes_live(tmp_path, mongo
         launch("flatten_runtime_logs", {}, RANGE)
         launch("build_training_frame", {"ops": {"training_frame": {"config": {"predictor": "accepts_only"}}}})
         launch("train_two_tower", {"run_id": "ui_implicit", "epochs": 12, "batch_size": 128})
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
     assert embeddings.Publisher(store).status()["live_run_id"] == "ui_implicit"
     assert store.collection(publishing.USER_EMBEDDINGS).count_documents({"run_id": "ui_implicit"}) == N_CUSTOMERS
     assert offline.offline_metrics(store, "ui_implicit")["gate"]["passed"]

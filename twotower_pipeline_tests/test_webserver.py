@@ -4,6 +4,7 @@ A real `dagster-webserver` process loads `workspace.yaml` against an instance in
 asset was materialised; the test asks it what the UI asks it, over its GraphQL endpoint.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -153,18 +154,16 @@ def _wait(what, timeout=180):
     return found
 
 
-def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_uri, database_prefix, store):
-    """`dagster dev` on the project's instance config, with MONGODB_URI set (the UI's path to an
-    existing MongoDB): a run launched from the UI is killed with SIGKILL mid-write; Dagster marks it
-    failed, and the slice it was writing is untouched."""
-    store.collection(names.PRESENTED).insert_many([presented("r1"), presented("r2", customer="c2")])
+@contextlib.contextmanager
+def dagster_dev(tmp_path, mongo_uri, database_prefix, **extra_env):
+    """`dagster dev` on the project's instance config with MONGODB_URI set (the UI's path to an
+    existing MongoDB); yields (port, code location name) once the workspace has loaded."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "twotower_pipeline/instance/dagster.yaml").read_text())
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "MONGODB_URI": mongo_uri,
-           "TWOTOWER_DATABASE_PREFIX": database_prefix, "TWOTOWER_FAULT": "slice.inserted_batch:pause",
-           "TWOTOWER_FAULT_DIR": str(tmp_path)}
+           "TWOTOWER_DATABASE_PREFIX": database_prefix, **extra_env}
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
          str(port)], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -177,7 +176,19 @@ def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_
                 return None
             return entries[0]["name"] if entries else None
 
-        name = _wait(location)
+        yield port, _wait(location)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_uri, database_prefix, store):
+    """`dagster dev` on the project's instance config, with MONGODB_URI set (the UI's path to an
+    existing MongoDB): a run launched from the UI is killed with SIGKILL mid-write; Dagster marks it
+    failed, and the slice it was writing is untouched."""
+    store.collection(names.PRESENTED).insert_many([presented("r1"), presented("r2", customer="c2")])
+    with dagster_dev(tmp_path, mongo_uri, database_prefix, TWOTOWER_FAULT="slice.inserted_batch:pause",
+                     TWOTOWER_FAULT_DIR=str(tmp_path)) as (port, name):
         params = {"selector": {"repositoryLocationName": name, "repositoryName": "__repository__",
                                "jobName": "flatten_runtime_logs"},
                   "runConfigData": {}, "mode": "default",
@@ -200,6 +211,3 @@ def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_
         record = SlicedCollection(store, names.FLATTEN).record() or {}
         assert record.get("slices", {}) == {}  # nothing of the killed write was committed
         assert SlicedCollection(store, names.FLATTEN).read().empty
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
