@@ -32,9 +32,10 @@ test: install
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
 
-# faiss-cpu (the top-K benchmark's reference) is a benchmark extra, not a dependency of the project.
+# faiss-cpu (the top-K benchmark's reference) and scikit-learn (the quality table's coupon baselines) are a
+# benchmark extra, not dependencies of the project.
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
