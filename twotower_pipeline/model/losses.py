@@ -33,15 +33,20 @@ def logq_correct(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return logits - log_q.unsqueeze(0)
 
 
+def accidental_hits(positive_ids: torch.Tensor, candidate_ids: torch.Tensor,
+                    positive_columns: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, N] True where candidate_ids[j] == positive_ids[i], except each row's own positive column
+    (positive_columns [B]; default: the diagonal, as for in-batch candidates)."""
+    hits = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)             # [B, N]
+    rows = torch.arange(hits.shape[0])
+    hits[rows, rows if positive_columns is None else positive_columns] = False
+    return hits
+
+
 def mask_accidental_hits(logits: torch.Tensor, positive_ids: torch.Tensor, candidate_ids: torch.Tensor,
                          positive_columns: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask logits [B, N] where candidate_ids[j] == positive_ids[i], except each row's own positive
-    column (positive_columns [B]; default: the diagonal, as for in-batch candidates)."""
-    hits = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)             # [B, N]
-    rows = torch.arange(logits.shape[0])
-    columns = rows if positive_columns is None else positive_columns
-    hits[rows, columns] = False
-    return logits.masked_fill(hits, MASKED)
+    """Mask logits [B, N] at the `accidental_hits`."""
+    return logits.masked_fill(accidental_hits(positive_ids, candidate_ids, positive_columns), MASKED)
 
 
 def softmax_loss(logits: torch.Tensor, positive_columns: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,10 +138,7 @@ def fused_in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids
                                 temperature: float, log_q: torch.Tensor | None = None,
                                 remove_accidental_hits: bool = True) -> torch.Tensor:
     """`in_batch_softmax_loss` in one buffer (same value and gradients): the training loop's."""
-    masked = None
-    if remove_accidental_hits:
-        masked = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)                # [B, B]
-        masked.fill_diagonal_(False)
+    masked = accidental_hits(item_ids, item_ids) if remove_accidental_hits else None    # [B, B]
     return _FusedSoftmax.apply(user, item, torch.arange(len(item_ids)), temperature,
                                -log_q if log_q is not None else None, masked)
 

@@ -168,7 +168,7 @@ class TwoTowerModel(nn.Module):
 
     def pooled_history(self, user_ids: torch.Tensor, exclude: torch.Tensor | None = None, dropout: float = 0.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B, d] mean offer-id embedding of each customer's history, at unit length (zeros for an empty one);
+        """[B, d] direction of the mean offer-id embedding of each customer's history (zeros for an empty one);
         `exclude` [B]: an offer left out of row b's history (its own target while training);
         `dropout`: share of history entries dropped per row (training-time noise)."""
         starts, lengths = self.history_offsets[user_ids], self.history_lengths(user_ids)   # [B], [B]
@@ -183,17 +183,16 @@ class TwoTowerModel(nn.Module):
             keep = kept if keep is None else keep & kept
         if keep is not None:  # dropping entries (not zero-weighting them) spares their gather and gradient
             items, row = items[keep], row[keep]
-        counts = torch.bincount(row, minlength=len(user_ids)).clamp(min=1)                 # [B]
-        # the mean as a sparse [B, N] x dense [N, d] product: its backward is one scatter, where
+        # the sum as a sparse [B, N] x dense [N, d] product: its backward is one scatter, where
         # EmbeddingBag's sorts the indices (measured 7x faster, forward and backward)
         table = self.item_tower.id_embedding.weight                                         # [N, d]
-        weights = (1.0 / counts.to(table.dtype))[row]                                       # [T]
-        mean = torch.sparse_coo_tensor(torch.stack([row, items]), weights, (len(user_ids), table.shape[0]),
-                                       check_invariants=False)
-        # unit length: a long, varied history averages to a short vector, which would let the
-        # feature part outweigh it; its direction alone joins the features (measured: NDCG@10
-        # 0.452 against 0.441 for the plain mean, MovieLens implicit protocol, before the feature dropout)
-        return F.normalize(torch.sparse.mm(mean, table), dim=1)                             # [B, d]
+        members = torch.sparse_coo_tensor(torch.stack([row, items]), torch.ones(len(items), dtype=table.dtype),
+                                          (len(user_ids), table.shape[0]), check_invariants=False)
+        # unit length (the mean's direction is the sum's): a long, varied history averages to a
+        # short vector, which would let the feature part outweigh it; its direction alone joins the
+        # features (measured: NDCG@10 0.452 against 0.441 for the plain mean, MovieLens implicit
+        # protocol, before the feature dropout)
+        return F.normalize(torch.sparse.mm(members, table), dim=1)                          # [B, d]
 
     def user_vectors(self, x: TowerInputs, exclude: torch.Tensor | None = None, dropout: float = 0.0,
                      generator: torch.Generator | None = None, feature_dropout: float = 0.0) -> torch.Tensor:

@@ -5,9 +5,10 @@ spent, decides the "auto" parameters from the data (`TrainingParams.resolved`), 
 encodes every row once into tensors, holds out 20% of each customer's exposures by a seeded hash:
 `evaluation.holdout_mask`) then `fit` (the customers' histories from the training accepts; Adam,
 or AdamW with weight decay; each step gathers a batch by index slicing of a seeded permutation,
-passes a catalogue of up to `n_catalogue_negatives` offers through the offer tower once and
-ranks it whole with the fused softmax; after each epoch, validation metrics on export-style
-vectors; the best epoch's weights are kept, or the last with `stopping_rounds` 0).
+embeds a catalogue of up to `n_catalogue_negatives` offers once and gathers the step's offer
+vectors from it, and computes the softmax in one fused buffer; after each epoch, validation
+metrics on export-style vectors; the best epoch's weights are kept, or the last with
+`stopping_rounds` 0).
 
 Validation uses the vectors that will be exported and served: one vector per customer and per
 offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0),
@@ -101,8 +102,9 @@ def feature_columns(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[s
     return user, item
 
 
-def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str], list[str]]:
-    """Raise ValueError naming what is wrong and what to do; return the towers' columns."""
+def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[TrainingParams, list[str], list[str]]:
+    """Raise ValueError naming what is wrong and what to do; return the parameters with their "auto"
+    choices decided by this frame (`TrainingParams.resolved`) and the towers' columns."""
     if frame is None or len(frame) == 0:
         raise ValueError("the training frame is empty: choose a predictor and date window that hold exposures")
     needed = {params.user_id_column: "user_id_column", params.item_id_column: "item_id_column",
@@ -148,7 +150,7 @@ def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str],
         raise ValueError(f"far too few rows for batch_size={params.batch_size}: about {int(available)} {stream} "
                          f"training rows after the {params.validation_split:.0%} validation split, fewer than one "
                          f"batch; lower batch_size (e.g. {hint}) or train on a longer window")
-    return user_columns, item_columns
+    return params, user_columns, item_columns
 
 
 # --- preparation -----------------------------------------------------------------------------------
@@ -156,10 +158,9 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None, held: np.
     """`held`: a boolean [len(frame)] held-out mask of the caller's own (a benchmark's fixed split)
     instead of `split_of(frame, params)`."""
     params = params or TrainingParams()
-    user_columns, item_columns = check_frame(frame, params)
+    params, user_columns, item_columns = check_frame(frame, params)
     frame = frame.reset_index(drop=True)
     labels = pd.to_numeric(frame[params.target_column]).to_numpy(dtype=np.float32)
-    params = params.resolved(has_declines=bool((labels == 0).any()), n_offers=frame[params.item_id_column].nunique())
     n = len(frame)
     rng = np.random.default_rng(params.seed)
     held = split_of(frame, params) if held is None else np.asarray(held, dtype=bool)
