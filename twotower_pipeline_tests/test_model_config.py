@@ -19,7 +19,7 @@ def test_documented_defaults():
 @pytest.mark.parametrize("name, value, allowed", [
     ("embedding_dim", 3, "4..256"), ("embedding_dim", 257, "4..256"), ("epochs", 0, "1..500"),
     ("epochs", 501, "1..500"), ("stopping_rounds", 51, "0..50"), ("stopping_rounds", -1, "0..50"),
-    ("validation_split", 0.9, "0.05..0.5"), ("context_dropout", 1.5, "0..1"),
+    ("validation_split", 0.9, "0.05..0.5"), ("context_dropout", 1.5, "0..1"), ("popularity_prior", -0.1, "0..5"),
 ])
 def test_out_of_range_names_parameter_value_and_range(name, value, allowed):
     with pytest.raises(ValueError) as error:

@@ -106,6 +106,30 @@ def test_catalogue_softmax_equals_cross_entropy_in_value_and_gradients(temperatu
     torch.testing.assert_close(grads[1], catalogue.grad)
 
 
+def test_the_popularity_prior_is_weight_times_log_popularity_with_unaccepted_offers_at_the_floor():
+    p = losses.sampling_probabilities(np.array([0, 0, 0, 1]), 3)                 # [0.75, 0.25, 0]
+    np.testing.assert_allclose(losses.popularity_log_prior(p, 0.3), 0.3 * np.log([0.75, 0.25, 0.25]))
+    np.testing.assert_allclose(losses.popularity_log_prior(p, 0.0), 0.0)
+
+
+def test_catalogue_softmax_subtracts_the_log_prior_in_value_and_gradients():
+    generator = torch.Generator().manual_seed(4)
+    user = F.normalize(torch.randn(5, 4, generator=generator), dim=1).requires_grad_()
+    catalogue = F.normalize(torch.randn(6, 4, generator=generator), dim=1).requires_grad_()
+    target = torch.tensor([0, 2, 5, 5, 1])
+    prior = torch.log(torch.tensor([0.4, 0.3, 0.1, 0.1, 0.05, 0.05])) * 0.3
+    ours = losses.catalogue_softmax_loss(user, catalogue, target, temperature=0.15, log_prior=prior)
+    ours.backward()
+    grads = user.grad.clone(), catalogue.grad.clone()
+    user.grad = catalogue.grad = None
+    reference = F.cross_entropy(user @ catalogue.T / 0.15 - prior, target)
+    reference.backward()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grads[0], user.grad)
+    torch.testing.assert_close(grads[1], catalogue.grad)
+    assert not torch.isclose(ours, losses.catalogue_softmax_loss(user, catalogue, target, temperature=0.15))
+
+
 @pytest.mark.parametrize("temperature", [0.2, 0.01])
 def test_the_fused_in_batch_softmax_equals_the_composed_one(temperature):
     generator = torch.Generator().manual_seed(5)

@@ -275,3 +275,22 @@ def test_feature_dropout_leaves_the_history_alone_for_the_dropped_rows_and_only_
     assert same.float().mean() > 0.5                                    # nearly every row: history only
     model.eval()
     torch.testing.assert_close(model.embed_users(x), with_features)      # exported vectors: never dropped
+
+
+def test_the_popularity_prior_lifts_the_offer_most_customers_accepted():
+    # o0 accepted by half of all customers, of every group: a prior keeps its popularity in the cosine
+    frame = implicit_frame()
+    popular = pd.DataFrame([{"customer_id": f"c{c}", "offer": "o0", "accepted": 1, "uuid": f"p{c}", "price": 1.0,
+                             "rank": 1.0, "score": 0.0} for c in range(0, 120, 2)])
+    frame = pd.concat([frame, popular]).drop_duplicates(["customer_id", "offer"]).reset_index(drop=True)
+    outsiders = pd.DataFrame({"customer_id": [f"c{c}" for c in range(1, 120, 2) if c % N_GROUPS != 0]})
+
+    def lift(prior: float) -> float:
+        """How far o0's cosine sits above the mean offer's, for customers outside its group who did
+        not accept it."""
+        model = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 10, "popularity_prior": prior})).model
+        scores = model.user_embeddings(outsiders) @ model.item_embeddings(catalogue()).T      # [U, N]
+        return float((scores[:, 0] - scores.mean(axis=1)).mean())
+
+    none, some, strong = lift(0.0), lift(1.0), lift(4.0)
+    assert none < some < strong and strong > none + 0.15, (none, some, strong)

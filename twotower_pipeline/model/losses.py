@@ -11,7 +11,8 @@ tensorflow/recommenders' retrieval task):
 `in_batch_softmax_loss` and `mixed_negatives_loss` compose the pieces. The training loop uses
 `fused_in_batch_softmax_loss` (the same value and gradients as `in_batch_softmax_loss`) and
 `catalogue_softmax_loss` (the exact softmax over a whole, small catalogue): one autograd function,
-`_FusedSoftmax`, that keeps a single [B, N] buffer.
+`_FusedSoftmax`, that keeps a single [B, N] buffer. `popularity_log_prior` is a per-offer term
+either softmax subtracts beside log-Q, so that served scores keep part of each offer's popularity.
 """
 
 from __future__ import annotations
@@ -128,10 +129,12 @@ class _FusedSoftmax(torch.autograd.Function):
 
 
 def catalogue_softmax_loss(user: torch.Tensor, catalogue: torch.Tensor, target: torch.Tensor, *,
-                           temperature: float) -> torch.Tensor:
+                           temperature: float, log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """Exact softmax over every offer: user [B, d], catalogue [N, d] (unit vectors), target [B]
-    column of each row's accepted offer; = F.cross_entropy(user @ catalogue.T / temperature, target)."""
-    return _FusedSoftmax.apply(user, catalogue, target, temperature, None, None)
+    column of each row's accepted offer, log_prior [N] subtracted from each column (see
+    `popularity_log_prior`); = F.cross_entropy(user @ catalogue.T / temperature - log_prior, target)."""
+    return _FusedSoftmax.apply(user, catalogue, target, temperature,
+                               -log_prior if log_prior is not None else None, None)
 
 
 def fused_in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, *,
@@ -155,6 +158,16 @@ def sampling_probabilities(item_codes: np.ndarray, n_items: int) -> np.ndarray:
     accepted training pairs. item_codes [n_accepted] in 0..n_items-1 -> [n_items] float64."""
     counts = np.bincount(item_codes, minlength=n_items).astype(np.float64)
     return counts / max(1.0, counts.sum())
+
+
+def popularity_log_prior(probabilities: np.ndarray, weight: float) -> np.ndarray:
+    """weight x log of each offer's popularity (`sampling_probabilities`; an offer never accepted
+    counts as the least accepted one), [N]. Subtracted from a softmax's logits, it leaves that much
+    of log(popularity) in the learned cosine / temperature: the softmax fits cosine / temperature -
+    weight x log p(j) to log P(j | customer), so the served score ranks by log P(j | customer) +
+    weight x log p(j)."""
+    floor = probabilities[probabilities > 0].min() if (probabilities > 0).any() else 1.0
+    return weight * np.log(np.maximum(probabilities, floor))
 
 
 def mixed_log_q(probabilities: np.ndarray, batch_size: int, n_negatives: int = 0) -> np.ndarray:

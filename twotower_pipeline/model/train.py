@@ -283,7 +283,12 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
     bce_rows = torch.from_numpy(data.train_rows)
     item_keys = torch.from_numpy(data.item_codes)                               # [n] offer index per row
     probabilities = losses.sampling_probabilities(data.item_codes[accepted], n_items)
-    log_q = torch.from_numpy(losses.mixed_log_q(probabilities, B, n_negatives).astype(np.float32))  # [N]
+    # subtracted from each candidate's logit: log-Q (the in-batch and sampled candidates' sampling
+    # bias) and the popularity prior; the exact catalogue softmax has no sampling bias, the prior only
+    prior = losses.popularity_log_prior(probabilities, params.popularity_prior)                  # [N]
+    log_q = losses.mixed_log_q(probabilities, B, n_negatives) if params.logq_correction else 0.0
+    subtracted = torch.from_numpy((prior + log_q).astype(np.float32))                           # [N]
+    catalogue_prior = torch.from_numpy(prior.astype(np.float32)) if params.popularity_prior else None
     has_declines = bool((data.labels.numpy()[data.train_rows] == 0).any())
     sample_declines = bce_weight > 0 and (params.decline_sampling == "always"
                                           or (params.decline_sampling == "auto" and not has_declines))
@@ -354,19 +359,18 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                 if softmax:
                     ids = item_keys[rows]                                        # [B]
                     if whole_catalogue:
-                        loss = losses.catalogue_softmax_loss(user, catalogue, ids, temperature=params.temperature)
+                        loss = losses.catalogue_softmax_loss(user, catalogue, ids, temperature=params.temperature,
+                                                             log_prior=catalogue_prior)
                     elif n_negatives:
                         sampled = torch.randint(n_items, (n_negatives,), generator=generator)  # [M]
                         negatives = model.item_tower(data.catalogue_inputs.take(sampled))      # [M, d]
                         loss = losses.mixed_negatives_loss(
                             user, item, ids, negatives, sampled, temperature=params.temperature,
-                            log_q=log_q[ids] if params.logq_correction else None,
-                            negative_log_q=log_q[sampled] if params.logq_correction else None,
+                            log_q=subtracted[ids], negative_log_q=subtracted[sampled],
                             remove_accidental_hits=params.remove_accidental_hits)
                     else:
                         loss = losses.fused_in_batch_softmax_loss(
-                            user, item, ids, temperature=params.temperature,
-                            log_q=log_q[ids] if params.logq_correction else None,
+                            user, item, ids, temperature=params.temperature, log_q=subtracted[ids],
                             remove_accidental_hits=params.remove_accidental_hits)
                     if bce_weight and not has_declines:  # implicit: the batch's accepts are the positives
                         loss = loss + bce_weight * pointwise_loss(rows, user, item, catalogue)
