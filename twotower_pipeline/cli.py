@@ -87,9 +87,8 @@ def cmd_export_embeddings(args) -> int:
 
 def cmd_rollback_embeddings(args) -> int:
     from twotower_pipeline import publishing
-    from twotower_pipeline.store.embeddings import Publisher
 
-    outcome = Publisher(_store(), publishing.DATABASE).rollback()
+    outcome = publishing.rollback_run(_store())
     if outcome["recovered"]:
         print(outcome["recovered"])
     print(f"rolled back: the runtime serves run {outcome['run_id']} again ({outcome['users']} users, "

@@ -4,13 +4,16 @@ import dagster as dg
 
 from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
+from twotower_pipeline.defs.automation import publish_sensor
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
-    flatten_runtime_logs_job,
-    publish_recommendations_job,
-    score_customers_job,
-    train_two_tower_job,
-    training_frame_job,
+    flatten_job,
+    publish_job,
+    publish_scores_job,
+    retrain_job,
+    rollback_job,
+    score_job,
+    weekly_retrain_schedule,
 )
 from twotower_pipeline.defs.resources import mongo_from_environment
 from twotower_pipeline.defs.run_health import orphaned_runs_sensor
@@ -28,9 +31,8 @@ def build_resources(mongo=None) -> dict:
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
-    jobs=[flatten_runtime_logs_job, training_frame_job, train_two_tower_job, score_customers_job,
-          publish_recommendations_job],
-    schedules=[daily_flatten_schedule],
-    sensors=[orphaned_runs_sensor],
+    jobs=[flatten_job, retrain_job, publish_job, rollback_job, score_job, publish_scores_job],
+    schedules=[daily_flatten_schedule, weekly_retrain_schedule],
+    sensors=[publish_sensor, orphaned_runs_sensor],
     resources=build_resources(),
 )

@@ -5,6 +5,7 @@ as the run's own vectors, then published as a pair to the collections the runtim
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,29 @@ def publish_run(store: MongoStore, run_id: str, owner: dict | None = None) -> di
     """Make a run's kept pair what the runtime reads, if the run passed the publish gate (else
     `offline.GateError`, and nothing changes)."""
     offline.require_gate(store, run_id)
-    return embeddings.Publisher(store, DATABASE).publish(run_id, owner=owner)
+    outcome = embeddings.Publisher(store, DATABASE).publish(run_id, owner=owner)
+    record_live_run(store, outcome["run_id"])
+    return outcome
+
+
+def rollback_run(store: MongoStore, owner: dict | None = None) -> dict:
+    """Put the run that was live before the current one back, both towers together, verified."""
+    outcome = embeddings.Publisher(store, DATABASE).rollback(owner=owner)
+    record_live_run(store, outcome["run_id"])
+    return outcome
+
+
+def record_live_run(store: MongoStore, run_id: str) -> None:
+    """Mark in `ecosystem_meta.two_tower_runs` which run the runtime serves (`live`) and since when
+    (`published_at`); the publish journal stays the authority, this is what a reader of the runs sees."""
+    runs = store.collection(names.RUNS)
+    runs.update_many({"live": True, "run_id": {"$ne": run_id}}, {"$set": {"live": False}})
+    runs.update_one({"run_id": run_id}, {"$set": {"live": True, "published_at": dt.datetime.now(dt.timezone.utc)}})
+
+
+def live_run_id(store: MongoStore) -> str | None:
+    """The run the runtime serves, from the publish journal."""
+    return embeddings.Publisher(store, DATABASE).live_run_id()
 
 
 def export_run(store: MongoStore, run: TrainedRun) -> dict:

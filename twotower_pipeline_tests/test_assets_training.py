@@ -43,7 +43,8 @@ def test_training_writes_the_run_document_and_both_embedding_collections(trained
     result = _train_and_export(resources, "run_a")
     assert result.success
     run = store.collection(names.RUNS).find_one({"run_id": "run_a"}, {"_id": 0})
-    assert set(run) == RUN_FIELDS
+    assert set(run) == RUN_FIELDS | {"live", "published_at"}  # the documented fields, and which run is served
+    assert run["live"] is True
     assert run["user_model_id"] == "two_tower_user_run_a" and run["item_model_id"] == "two_tower_item_run_a"
     assert run["embedding_dim"] == 16 and run["predictor"] == traffic.logs.predictor
     assert 0.5 < run["user_auc"] <= 1.0 and 0.5 < run["item_auc"] <= 1.0  # planted structure is learnt
@@ -178,11 +179,11 @@ def test_bad_training_parameters_are_refused_with_their_range():
 
 @pytest.mark.parametrize("bad, message", [({"embedding_dim": 0}, "embedding_dim=0 is out of range; allowed 4..256"),
                                           ({"epochs": -1}, "epochs=-1 is out of range")])
-def test_the_training_job_refuses_bad_parameters_before_any_run_exists(bad, message):
+def test_the_retrain_job_refuses_bad_parameters_before_any_run_exists(bad, message):
     instance = dg.DagsterInstance.ephemeral()
-    job = defs.resolve_job_def("train_two_tower")
+    job = defs.resolve_job_def("retrain_job")
     with pytest.raises(dg.DagsterConfigMappingFunctionError) as refused:
-        instance.create_run_for_job(job, run_config=bad)
+        instance.create_run_for_job(job, run_config={"predictor": "p", **bad})
     assert message in str(refused.value.__cause__)
     assert instance.get_runs() == []
 

@@ -78,19 +78,24 @@ def test_asset_graph_snapshot():
 
 
 def test_jobs_and_schedules_are_defined():
-    assert defs.resolve_job_def("flatten_runtime_logs").partitions_def is not None
-    assert defs.resolve_job_def("build_training_frame") is not None
-    assert {n.name for n in defs.resolve_job_def("train_two_tower").nodes} == {
-        "two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics", "runtime_embeddings"}
-    scoring = defs.resolve_job_def("score_customers")
-    assert {n.name for n in scoring.nodes} == {"batch_recommendations"}
+    def nodes(job):
+        return {n.name for n in defs.resolve_job_def(job).nodes}
+    assert defs.resolve_job_def("flatten_job").partitions_def is not None
+    assert nodes("flatten_job") == {"ecosystemruntime_flatten", "logging__ecosystemruntime_flatten_undated"}
+    assert nodes("retrain_job") == {"training_frame", "two_tower_model", "user_embeddings", "item_embeddings",
+                                    "concept_test_metrics"}
+    assert nodes("publish_job") == nodes("rollback_job") == {"runtime_embeddings"}
+    scoring = defs.resolve_job_def("score_job")
+    assert nodes("score_job") == {"batch_recommendations"}
     assert scoring.partitions_def.get_partition_keys() == [f"shard_{i:02d}_of_04" for i in range(4)]
-    assert {n.name for n in defs.resolve_job_def("publish_recommendations").nodes} == {"published_recommendations"}
-    assert {n.name for n in defs.resolve_job_def("flatten_runtime_logs").nodes} == {
-        "ecosystemruntime_flatten", "logging__ecosystemruntime_flatten_undated"}
+    assert nodes("publish_scores_job") == {"published_recommendations"}
     assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    schedule = defs.resolve_schedule_def("flatten_runtime_logs_schedule")
-    assert schedule.cron_schedule == "30 0 * * *"
+    assert defs.resolve_sensor_def("publish_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    nightly = defs.resolve_schedule_def("flatten_job_schedule")
+    assert nightly.cron_schedule == "30 0 * * *"
+    weekly = defs.resolve_schedule_def("weekly_retrain_schedule")
+    assert (weekly.cron_schedule, weekly.job_name) == ("0 2 * * 1", "retrain_job")
+    assert nightly.default_status == weekly.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
 def test_dg_check_defs_passes():

@@ -83,7 +83,8 @@ def test_a_file_where_nothing_is_accepted_is_refused_before_training(tmp_path, m
 
 def test_a_file_of_accepts_only_trains_from_the_ui_and_goes_live(tmp_path, mongo_uri, database_prefix, store):
     """The operator's path: the file loaded, then three jobs launched from the UI (flatten the
-    range, build the frame, train with the launchpad's parameters); the run is live afterwards."""
+    range; retrain: build the frame and train with the launchpad's parameters, through the gate;
+    publish the run); the run is live afterwards and the run documents say so."""
     write_runtime_logs(store, load_exposures_file(_file(tmp_path / "accepts.csv", accepted=1),
                                                   predictor="accepts_only"))
     with dagster_dev(tmp_path, mongo_uri, database_prefix) as (port, name):
@@ -103,9 +104,10 @@ def test_a_file_of_accepts_only_trains_from_the_ui_and_goes_live(tmp_path, mongo
             assert _wait(ended, timeout=300) == "SUCCESS", job
             return run_id
 
-        launch("flatten_runtime_logs", {}, RANGE)
-        launch("build_training_frame", {"ops": {"training_frame": {"config": {"predictor": "accepts_only"}}}})
-        launch("train_two_tower", {"run_id": "ui_implicit", "epochs": 12, "batch_size": 128})
+        launch("flatten_job", {}, RANGE)
+        launch("retrain_job", {"predictor": "accepts_only", "run_id": "ui_implicit", "epochs": 12, "batch_size": 128})
+        launch("publish_job", {"ops": {"runtime_embeddings": {"config": {"run_id": "ui_implicit"}}}})
     assert embeddings.Publisher(store).status()["live_run_id"] == "ui_implicit"
     assert store.collection(publishing.USER_EMBEDDINGS).count_documents({"run_id": "ui_implicit"}) == N_CUSTOMERS
     assert offline.offline_metrics(store, "ui_implicit")["gate"]["passed"]
+    assert store.collection(names.RUNS).find_one({"run_id": "ui_implicit"})["live"] is True

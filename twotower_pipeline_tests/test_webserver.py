@@ -190,7 +190,7 @@ def test_a_run_launched_from_the_ui_and_killed_is_marked_failed(tmp_path, mongo_
     with dagster_dev(tmp_path, mongo_uri, database_prefix, TWOTOWER_FAULT="slice.inserted_batch:pause",
                      TWOTOWER_FAULT_DIR=str(tmp_path)) as (port, name):
         params = {"selector": {"repositoryLocationName": name, "repositoryName": "__repository__",
-                               "jobName": "flatten_runtime_logs"},
+                               "jobName": "flatten_job"},
                   "runConfigData": {}, "mode": "default",
                   "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-03-05"}]}}
         launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPipelineExecution"]

@@ -1,65 +1,125 @@
-"""Jobs and schedules: flatten yesterday's logs every night; build the training frame, train, score and
-publish on demand."""
+"""Jobs named for what operators do, and the schedules that run them: flatten last night's logs,
+retrain every week, publish a run that passed the gate (the publish sensor does it), score and
+publish batch recommendations, roll back."""
+
+import datetime as dt
+import os
 
 import dagster as dg
 
-from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten, ecosystemruntime_flatten_undated
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
+from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten, ecosystemruntime_flatten_undated
 from twotower_pipeline.defs.assets.training import TwoTowerConfig
-from twotower_pipeline.defs.assets.training_data import training_frame
+from twotower_pipeline.defs.assets.training_data import TrainingFrameConfig
 from twotower_pipeline.defs.partitions import daily_partitions
+from twotower_pipeline.model import TrainingParams
 
-flatten_runtime_logs_job = dg.define_asset_job(
-    "flatten_runtime_logs",
+#: The weekly retrain's predictor (no predictor: the schedule skips, saying so) and window in days
+#: (unset: every day flattened so far).
+RETRAIN_PREDICTOR_ENV = "TWOTOWER_RETRAIN_PREDICTOR"
+RETRAIN_DAYS_ENV = "TWOTOWER_RETRAIN_DAYS"
+
+flatten_job = dg.define_asset_job(
+    "flatten_job",
     selection=dg.AssetSelection.assets(ecosystemruntime_flatten, ecosystemruntime_flatten_undated),
     partitions_def=daily_partitions,
     description="Flatten the runtime logs of the selected days (a range runs as one run), and set aside "
     "the documents no day can hold (no readable date_log).",
 )
 
-training_frame_job = dg.define_asset_job(
-    "build_training_frame",
-    selection=dg.AssetSelection.assets(training_frame),
-    description="Build the training frame for one predictor and window (set them in the launchpad).",
-)
-
 # Runs shortly after midnight UTC for the day that just ended; late responses are picked up by
 # re-materialising a day (the slice is rewritten, never appended to).
 daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
-    flatten_runtime_logs_job,
+    flatten_job,
     hour_of_day=0,
     minute_of_hour=30,
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
 
+class RetrainConfig(TwoTowerConfig, TrainingFrameConfig):
+    """A retrain's launchpad: the training slice (predictor, window) and the training parameters,
+    all checked when the run is launched."""
+
+    def params(self) -> TrainingParams:
+        return TrainingParams.from_dict(self.model_dump(exclude={"run_id", *TrainingFrameConfig.model_fields}))
+
+    def frame_config(self) -> TrainingFrameConfig:
+        return TrainingFrameConfig(**self.model_dump(include=set(TrainingFrameConfig.model_fields)))
+
+    def training_config(self) -> TwoTowerConfig:
+        return TwoTowerConfig(**self.model_dump(include=set(TwoTowerConfig.model_fields)))
+
+
 @dg.config_mapping
-def training_parameters(config: TwoTowerConfig) -> dg.RunConfig:
-    """The launchpad's training parameters, checked when the run is launched: a value out of range
-    is refused with its allowed range before any run exists (an asset's own config is checked only
-    once its step starts)."""
-    return dg.RunConfig(ops={"two_tower_model": config})
+def retrain_parameters(config: RetrainConfig) -> dg.RunConfig:
+    """A value out of range is refused with its allowed range before any run exists (an asset's
+    own config is checked only once its step starts)."""
+    return dg.RunConfig(ops={"training_frame": config.frame_config(), "two_tower_model": config.training_config()})
 
 
-train_two_tower_job = dg.define_asset_job(
-    "train_two_tower",
-    selection=dg.AssetSelection.assets("two_tower_model", "user_embeddings", "item_embeddings",
-                                       "concept_test_metrics", "runtime_embeddings"),
-    config=training_parameters,
-    description="Train the towers on the current training frame, keep both towers' vectors, score the run "
-    "against the baselines and, if it passes the publish gate, publish it to the runtime's collections as one unit.",
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.assets("training_frame", "two_tower_model", "user_embeddings", "item_embeddings",
+                                       "concept_test_metrics"),
+    config=retrain_parameters,
+    description="Build the training frame for a predictor and window, train the towers, keep both towers' "
+    "vectors and score the run against the baselines through the publish gate. A run that passes is published "
+    "by `publish_sensor` (or `publish_job`), with its batch recommendations.",
 )
 
-score_customers_job = dg.define_asset_job(
-    "score_customers",
+publish_job = dg.define_asset_job(
+    "publish_job",
+    selection=dg.AssetSelection.assets("runtime_embeddings"),
+    description="Switch the runtime's embedding collections to a run that passed the publish gate, both towers "
+    "as one unit, verified (launchpad: `run_id`; empty: the latest trained run).",
+)
+
+
+@dg.config_mapping(config_schema={})
+def rollback_only(_config) -> dict:
+    """Nothing to choose: the run to put back is the journal's previous one."""
+    return {"ops": {"runtime_embeddings": {"config": {"rollback": True}}}}
+
+
+rollback_job = dg.define_asset_job(
+    "rollback_job",
+    selection=dg.AssetSelection.assets("runtime_embeddings"),
+    config=rollback_only,
+    description="Put back the run that was live before the current one: both towers together, verified "
+    "(`twotower rollback-embeddings` does the same from a shell).",
+)
+
+score_job = dg.define_asset_job(
+    "score_job",
     selection=dg.AssetSelection.assets("batch_recommendations"),
     partitions_def=score_shards,
-    description="Top-K recommendations of the gated run for the selected customer shards (one run per shard in a "
+    description="Top-K recommendations of a gated run for the selected customer shards (one run per shard in a "
     "backfill, so workers score shards in parallel).",
 )
 
-publish_recommendations_job = dg.define_asset_job(
-    "publish_recommendations",
+publish_scores_job = dg.define_asset_job(
+    "publish_scores_job",
     selection=dg.AssetSelection.assets("published_recommendations"),
-    description="Switch `two_tower_scores` to the gated run's recommendations once every shard is scored.",
+    description="Switch `two_tower_scores` to a gated run's recommendations once every shard is scored.",
 )
+
+
+@dg.schedule(job=retrain_job, cron_schedule="0 2 * * 1", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description=f"Every Monday 02:00 UTC: retrain on the predictor named by {RETRAIN_PREDICTOR_ENV}, "
+             f"on the last {RETRAIN_DAYS_ENV} days (unset: all days) up to the day before.")
+def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext):
+    predictor = os.environ.get(RETRAIN_PREDICTOR_ENV, "").strip()
+    if not predictor:
+        return dg.SkipReason(f"no predictor to retrain: set {RETRAIN_PREDICTOR_ENV} (e.g. ml100k) where the "
+                             "daemon runs")
+    end = context.scheduled_execution_time.astimezone(dt.timezone.utc).date()
+    config = {"predictor": predictor, "to_date": end.isoformat()}
+    days = os.environ.get(RETRAIN_DAYS_ENV, "").strip()
+    if days:
+        if not days.isdigit() or int(days) < 1:
+            return dg.SkipReason(f"{RETRAIN_DAYS_ENV}={days!r} is not a whole number of days (1 or more)")
+        config["from_date"] = (end - dt.timedelta(days=int(days))).isoformat()
+    return dg.RunRequest(run_key=f"retrain:{predictor}:{end.isoformat()}", run_config=config,
+                         tags={"twotower/predictor": predictor})

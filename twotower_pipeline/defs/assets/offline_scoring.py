@@ -163,6 +163,8 @@ class BatchScoringConfig(dg.Config):
                                                         '(e.g. {"static_offers": false}); {} = every offer.')
     exclude_offers: list[str] = Field(default=[], description="Offers never recommended.")
     exclude_accepted: bool = Field(default=True, description="Leave out offers the customer accepted in the window.")
+    run_id: Optional[str] = Field(default=None, description="Score this stored run instead of the run trained "
+                                  "upstream (it must have passed the publish gate).")
 
     @field_validator("offer_filter")
     @classmethod
@@ -174,6 +176,21 @@ class BatchScoringConfig(dg.Config):
         if not isinstance(parsed, dict):
             raise ValueError("offer_filter must be a JSON object (a MongoDB filter)")
         return value
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value):
+        return embeddings.check_run_id(value) if value is not None else value
+
+
+class PublishScoresConfig(dg.Config):
+    run_id: Optional[str] = Field(default=None, description="Publish this stored run's scores instead of the "
+                                  "run trained upstream's.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value):
+        return embeddings.check_run_id(value) if value is not None else value
 
 
 @dg.asset(
@@ -191,7 +208,7 @@ class BatchScoringConfig(dg.Config):
 def batch_recommendations(context: dg.AssetExecutionContext, config: BatchScoringConfig, mongo: MongoResource,
                           two_tower_model: TrainedRun, training_frame: pd.DataFrame) -> dg.MaterializeResult:
     store = mongo.store()
-    run_id = two_tower_model.run_id
+    run_id = config.run_id or two_tower_model.run_id
     try:
         offline.require_gate(store, run_id)
     except offline.GateError as error:
@@ -236,9 +253,10 @@ def _eligible_offers(store, config: BatchScoringConfig, item_keys: list[str]) ->
     description="`two_tower_scores` (SPEC §6), what readers use: switched to the gated run's scores whole, once "
                 "every shard is committed, through the same journal as the runtime's embeddings.",
 )
-def published_recommendations(context: dg.AssetExecutionContext, mongo: MongoResource, two_tower_model: TrainedRun):
+def published_recommendations(context: dg.AssetExecutionContext, config: PublishScoresConfig, mongo: MongoResource,
+                              two_tower_model: TrainedRun):
     store = mongo.store()
-    run_id = two_tower_model.run_id
+    run_id = config.run_id or two_tower_model.run_id
     try:
         offline.require_gate(store, run_id)
         publisher = offline.scores_publisher(store, score_shards.get_partition_keys())

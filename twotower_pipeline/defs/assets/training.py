@@ -51,7 +51,7 @@ class TwoTowerConfig(dg.Config):
     layers: int = Field(default=_DEFAULTS.layers,
                         description="Hidden layers of each tower's feature part (ours; 0 = linear).")
     loss: str = Field(default=_DEFAULTS.loss, description="auto | softmax | mixed | pointwise (ours; auto: pointwise "
-                      "for real declines over a small catalogue, else mixed).")
+                      "for real declines over a small catalogue, else softmax).")
     user_history: str = Field(default=_DEFAULTS.user_history,
                               description="auto | on | off: the customer as the mean of its accepted offers (ours).")
     history_dropout: float = Field(default=_DEFAULTS.history_dropout,
@@ -65,6 +65,9 @@ class TwoTowerConfig(dg.Config):
     pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
                                     description="Weight of the loss on explicit declines (ours).")
     temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
+    popularity_prior: float = Field(default=_DEFAULTS.popularity_prior,
+                                    description="Share of log(offer popularity) the softmax leaves in the served "
+                                    "cosine (ours; 0 = none).")
     validation_split: float = Field(default=_DEFAULTS.validation_split,
                                     description="Share of each customer's exposures held out (holdout customer).")
     holdout: str = Field(default=_DEFAULTS.holdout, description="customer | time: the held-out split (ours).")
@@ -234,6 +237,23 @@ RUNTIME_CHECKS = {
 }
 
 
+class PublishConfig(dg.Config):
+    """Which run the runtime is switched to; by default the run trained upstream."""
+
+    run_id: Optional[str] = Field(default=None, description="Publish this stored run instead of the run trained "
+                                  "upstream (it must have passed the publish gate).")
+    rollback: bool = Field(default=False, description="Put back the run that was live before the current one "
+                           "(both towers, verified), instead of publishing.")
+
+    @model_validator(mode="after")
+    def _one_choice(self):
+        if self.run_id is not None:
+            embeddings.check_run_id(self.run_id)
+            if self.rollback:
+                raise ValueError("run_id and rollback are alternatives: set one of them")
+        return self
+
+
 @dg.asset(
     key="runtime_embeddings",
     ins={"two_tower_model": dg.AssetIn("two_tower_model")},
@@ -246,11 +266,15 @@ RUNTIME_CHECKS = {
     "switched to one run together through the publish journal, verified after the swap; only a run that "
     "passed the publish gate (concept_test_metrics).",
 )
-def runtime_embeddings(context: dg.AssetExecutionContext, mongo: MongoResource, two_tower_model: TrainedRun):
-    """Publish the run's user and item vectors as one unit (see `store.embeddings`)."""
+def runtime_embeddings(context: dg.AssetExecutionContext, config: PublishConfig, mongo: MongoResource,
+                       two_tower_model: TrainedRun):
+    """Publish the run's user and item vectors as one unit (see `store.embeddings`), or roll back."""
+    owner = {"dagster_run_id": context.run_id}
     try:
-        outcome = publishing.publish_run(mongo.store(), two_tower_model.run_id,
-                                         owner={"dagster_run_id": context.run_id})
+        if config.rollback:
+            outcome = publishing.rollback_run(mongo.store(), owner=owner)
+        else:
+            outcome = publishing.publish_run(mongo.store(), config.run_id or two_tower_model.run_id, owner=owner)
     except offline.GateError as error:
         raise dg.Failure(description=f"{error}; the runtime keeps serving the run it served") from None
     except embeddings.PublishError as error:
