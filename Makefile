@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.twotower/dagster_home
 
-.PHONY: install demo test ui bench bench-quick quality check server-stop clean
+.PHONY: install instance demo test ui bench bench-quick quality check server-stop clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+install: $(STAMP) instance
 
-# The instance config (run monitoring on): kept in the package, copied whenever it changes.
-$(DAGSTER_HOME)/dagster.yaml: twotower_pipeline/instance/dagster.yaml
+# The instance config (run monitoring on), kept in the package and copied on every install:
+# Dagster's storage on PostgreSQL when TWOTOWER_DAGSTER_POSTGRES_URL is set, SQLite otherwise.
+INSTANCE_CONFIG := twotower_pipeline/instance/$(if $(TWOTOWER_DAGSTER_POSTGRES_URL),dagster_postgres,dagster).yaml
+instance:
 	mkdir -p $(DAGSTER_HOME)
-	cp $< $@
+	cp $(INSTANCE_CONFIG) $(DAGSTER_HOME)/dagster.yaml
 
 demo: install
 	$(BIN)/twotower demo

@@ -3,9 +3,9 @@ writes for the same model and objective, over the same pre-built tensors, same t
 alternating, median of the repeats.
 
 Both train the defaults' objective for implicit feedback (the MovieLens ratings as accepts): the
-in-batch softmax with log-Q correction and accidental-hit masking plus 0.5 x BCE with one sampled
-decline per accept, the customer's history mean-pooled (its own offer left out, 70% of the entries
-dropped, the feature part dropped for half the rows), no early stopping. The reference slices a
+in-batch softmax with log-Q correction, the popularity prior and accidental-hit masking plus 0.5 x
+BCE with one sampled decline per accept, the customer's history mean-pooled (its own offer left
+out, 70% of the entries dropped, the feature part dropped for half the rows), no early stopping. The reference slices a
 random permutation of the row indices each epoch, pools with `F.embedding_bag` (per-sample weights
 mask the dropped entries), takes `F.cross_entropy` of the corrected, masked logits and
 `F.binary_cross_entropy_with_logits`, and steps `torch.optim.Adam`. Ours is `train.fit`: the
@@ -70,7 +70,9 @@ def reference_loop(data: PreparedData, epochs: int) -> tuple[float, TwoTowerMode
     item_keys = torch.from_numpy(data.item_codes)
     n_items, B = len(data.offers), params.batch_size
     probabilities = losses.sampling_probabilities(data.item_codes[data.accepted_train_rows], n_items)
-    log_q = torch.from_numpy(np.log(np.maximum(B * probabilities, 1e-12)).astype(np.float32))
+    # the objective's constants per offer: log-Q and the popularity prior, subtracted from the logits
+    log_q = torch.from_numpy((np.log(np.maximum(B * probabilities, 1e-12))
+                              + losses.popularity_log_prior(probabilities, params.popularity_prior)).astype(np.float32))
     with _torch_settings(params):
         model = TwoTowerModel(params, data.user_encoder, data.item_encoder)
         model.set_history(data.user_inputs.ids[rows_all].numpy(), data.item_inputs.ids[rows_all].numpy())

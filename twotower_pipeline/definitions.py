@@ -30,7 +30,11 @@ def build_resources(mongo=None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
+    # the runtime's collections and the feature sources are specs (written outside the pipeline):
+    # declared, so the UI shows their group, owner, kind and description
+    assets=[*dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
+            runtime_logs.presented_logs, runtime_logs.response_logs, runtime_logs.offer_matrix,
+            runtime_logs.customer_features],
     jobs=[flatten_job, retrain_job, publish_job, rollback_job, score_job, publish_scores_job],
     schedules=[daily_flatten_schedule, weekly_retrain_schedule],
     sensors=[publish_sensor, orphaned_runs_sensor],

@@ -77,6 +77,14 @@ def test_asset_graph_snapshot():
     assert checks == EXPECTED_CHECKS
 
 
+def test_every_asset_shows_its_group_owner_kind_and_description_in_the_ui():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name != "default" and node.owners == ["team:recommendations"], key
+        assert node.kinds and node.description, key
+
+
 def test_jobs_and_schedules_are_defined():
     def nodes(job):
         return {n.name for n in defs.resolve_job_def(job).nodes}

@@ -22,6 +22,7 @@ from twotower_pipeline.model.train import split_of
 from twotower_pipeline.runs import TrainedRun
 from twotower_pipeline.store import embeddings, names
 from twotower_pipeline.store.slices import ALL, SlicedCollection
+from twotower_pipeline.defs.assets import OWNERS
 
 SCORING_GROUP = "offline_scoring"
 TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "mrr", "coverage@10", "auc",
@@ -58,6 +59,7 @@ class ConceptTestConfig(dg.Config):
              "columns": ["uuid", "customer_id", "offer", "accepted", "datetime"]})},
     deps=[user_embeddings, item_embeddings],
     group_name=SCORING_GROUP,
+    owners=OWNERS,
     kinds={"pytorch", "mongodb"},
     check_specs=[dg.AssetCheckSpec(
         "publish_gate", asset="concept_test_metrics", blocking=True,
@@ -201,6 +203,7 @@ class PublishScoresConfig(dg.Config):
     partitions_def=score_shards,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     group_name=SCORING_GROUP,
+    owners=OWNERS,
     kinds={"pytorch", "mongodb"},
     description="Top-K offers per customer for the gated run, one shard of customers per partition, kept as the "
                 "run's own `two_tower_scores__run_<run_id>` (each shard committed whole).",
@@ -246,6 +249,7 @@ def _eligible_offers(store, config: BatchScoringConfig, item_keys: list[str]) ->
     ins={"two_tower_model": dg.AssetIn("two_tower_model")},
     deps=[batch_recommendations],
     group_name=SCORING_GROUP,
+    owners=OWNERS,
     kinds={"mongodb"},
     check_specs=[dg.AssetCheckSpec(
         "one_run_every_shard", asset="published_recommendations", blocking=True,

@@ -18,15 +18,17 @@ from twotower_pipeline.ingest.flatten import (
 )
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.store import names
+from twotower_pipeline.defs.assets import OWNERS
 
 GROUP = "runtime_logs"
 
 
-def _external(location: str, description: str, key: list[str] | None = None) -> dg.AssetSpec:
+def _external(location: str, description: str, group: str = GROUP) -> dg.AssetSpec:
     return dg.AssetSpec(
-        key=key or location.split("."),
+        key=location.split("."),
         description=description,
-        group_name=GROUP,
+        group_name=group,
+        owners=OWNERS,
         kinds={"mongodb"},
         metadata={"mongo_collection": location},
     )
@@ -34,8 +36,9 @@ def _external(location: str, description: str, key: list[str] | None = None) -> 
 
 presented_logs = _external(names.PRESENTED, "One document per scoring request the runtime answered (presented offers).")
 response_logs = _external(names.RESPONSES, "One document per /response call: the offers the customer accepted.")
-offer_matrix = _external(names.OFFER_MATRIX, "The offer catalogue, keyed by `offer_name`.")
-customer_features = _external(names.CUSTOMER_FEATURES, "One row of features per customer, keyed by `customer_id`.")
+offer_matrix = _external(names.OFFER_MATRIX, "The offer catalogue, keyed by `offer_name`.", "feature_sources")
+customer_features = _external(names.CUSTOMER_FEATURES, "One row of features per customer, keyed by `customer_id`.",
+                              "feature_sources")
 
 FLATTEN_KEY = dg.AssetKey(names.FLATTEN.split("."))
 QUARANTINE_KEY = dg.AssetKey(names.FLATTEN_QUARANTINE.split("."))
@@ -79,6 +82,7 @@ class FlattenConfig(dg.Config):
             key=FLATTEN_KEY,
             io_manager_key="mongo_frame_io_manager",
             group_name=GROUP,
+            owners=OWNERS,
             kinds={"mongodb", "pandas"},
             description="One row per customer/offer exposure; `accepted` is 1 when a response accepted the offer.",
             metadata={"partition_expr": "datetime"},
@@ -88,6 +92,7 @@ class FlattenConfig(dg.Config):
             key=QUARANTINE_KEY,
             io_manager_key="mongo_frame_io_manager",
             group_name=GROUP,
+            owners=OWNERS,
             kinds={"mongodb", "pandas"},
             description="Log documents and exposures set aside, with the reason and the raw document.",
             metadata={"partition_expr": "datetime"},
@@ -190,6 +195,7 @@ UNDATED_KEY = dg.AssetKey(names.FLATTEN_UNDATED.split("."))
     deps=[presented_logs, response_logs],
     io_manager_key="mongo_frame_io_manager",
     group_name=GROUP,
+    owners=OWNERS,
     kinds={"mongodb", "pandas"},
     code_version="1",
     check_specs=[

@@ -19,6 +19,7 @@ from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
 from twotower_pipeline.store import embeddings, frames, names
 from twotower_pipeline.store.slices import ALL, SlicedCollection
+from twotower_pipeline.defs.assets import OWNERS
 
 GROUP = "model_training"
 
@@ -95,6 +96,7 @@ class TwoTowerConfig(dg.Config):
     deps=["training_frame"],
     io_manager_key="artefact_io_manager",
     group_name=GROUP,
+    owners=OWNERS,
     kinds={"pytorch", "mongodb"},
     code_version=_model_code_version(),
 )
@@ -170,6 +172,7 @@ def _embedding_asset(tower: str, source_location: str, source_field: str, build,
         },
         deps=[dg.AssetKey(source_location.split("."))],
         group_name=GROUP,
+        owners=OWNERS,
         kinds={"mongodb"},
         check_specs=[dg.AssetCheckSpec(n, asset=key, blocking=True) for n in EMBEDDING_CHECKS],
         description=description,
@@ -259,6 +262,7 @@ class PublishConfig(dg.Config):
     ins={"two_tower_model": dg.AssetIn("two_tower_model")},
     deps=[user_embeddings, item_embeddings, "concept_test_metrics"],
     group_name=GROUP,
+    owners=OWNERS,
     kinds={"mongodb"},
     check_specs=[dg.AssetCheckSpec(n, asset="runtime_embeddings", blocking=True, description=d)
                  for n, d in RUNTIME_CHECKS.items()],

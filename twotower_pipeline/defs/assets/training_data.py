@@ -14,6 +14,7 @@ from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.store import frames, names
 from twotower_pipeline.store.slices import SlicedCollection
+from twotower_pipeline.defs.assets import OWNERS
 
 TRAINING_FRAME_SCHEMA = {c: FLATTEN_SCHEMA[c] for c in ("customer_id", "offer", "accepted", "price", "rank", "score")}
 
@@ -82,6 +83,7 @@ def _overlaps(window: dg.TimeWindow, start: dt.datetime, end: dt.datetime) -> bo
     io_manager_key="mongo_frame_io_manager",
     metadata={"mongo_collection": names.TRAINING_FRAME},
     group_name="training_data",
+    owners=OWNERS,
     kinds={"mongodb", "pandas"},
     code_version="1",
     check_specs=[
