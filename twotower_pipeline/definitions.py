@@ -3,8 +3,8 @@
 import dagster as dg
 
 from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
-from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.automation import publish_sensor
+from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
     flatten_job,

@@ -12,6 +12,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from twotower_pipeline import offline
+from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.assets.runtime_logs import offer_matrix
 from twotower_pipeline.defs.assets.training import item_embeddings, user_embeddings
 from twotower_pipeline.defs.resources import MongoResource
@@ -22,7 +23,6 @@ from twotower_pipeline.model.train import split_of
 from twotower_pipeline.runs import TrainedRun
 from twotower_pipeline.store import embeddings, names
 from twotower_pipeline.store.slices import ALL, SlicedCollection
-from twotower_pipeline.defs.assets import OWNERS
 
 SCORING_GROUP = "offline_scoring"
 TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "mrr", "coverage@10", "auc",

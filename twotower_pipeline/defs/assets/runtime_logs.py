@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
@@ -18,7 +19,6 @@ from twotower_pipeline.ingest.flatten import (
 )
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.store import names
-from twotower_pipeline.defs.assets import OWNERS
 
 GROUP = "runtime_logs"
 

@@ -13,13 +13,13 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from twotower_pipeline import offline, publishing
+from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
 from twotower_pipeline.store import embeddings, frames, names
 from twotower_pipeline.store.slices import ALL, SlicedCollection
-from twotower_pipeline.defs.assets import OWNERS
 
 GROUP = "model_training"
 

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
+from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, FLATTEN_SCHEMA, customer_features, offer_matrix
 from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.resources import MongoResource
@@ -14,7 +15,6 @@ from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.store import frames, names
 from twotower_pipeline.store.slices import SlicedCollection
-from twotower_pipeline.defs.assets import OWNERS
 
 TRAINING_FRAME_SCHEMA = {c: FLATTEN_SCHEMA[c] for c in ("customer_id", "offer", "accepted", "price", "rank", "score")}
 
