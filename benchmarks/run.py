@@ -16,7 +16,7 @@ import time
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
 BENCHMARKS = ["benchmarks.bench_flatten", "benchmarks.bench_export", "benchmarks.bench_training",
-              "benchmarks.bench_scoring"]
+              "benchmarks.bench_scoring", "benchmarks.bench_refresh"]
 
 
 def main(argv=None) -> int:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 def format_table(rows: list[dict]) -> str:
     header = ("figure", "ours", "reference", "ratio", "unit")
     lines = [
-        [r["figure"], f"{r['ours']:,.0f}", f"{r['reference']:,.0f}", f"{r['ours'] / r['reference']:.2f}", r["unit"]]
+        [r["figure"], _number(r["ours"]), _number(r["reference"]), _ratio(r["ours"] / r["reference"]), r["unit"]]
         for r in rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -57,6 +57,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(
         [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)]
     )
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.01 else f"{value:.4f}"
+
+
+def _number(value: float) -> str:
+    """Large figures as whole numbers, small ones (seconds) with three decimals."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
 if __name__ == "__main__":

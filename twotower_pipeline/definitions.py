@@ -3,13 +3,14 @@
 import dagster as dg
 
 from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
-from twotower_pipeline.defs.automation import publish_sensor
+from twotower_pipeline.defs.automation import publish_sensor, refresh_sensor
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
     flatten_job,
     publish_job,
     publish_scores_job,
+    refresh_job,
     retrain_job,
     rollback_job,
     score_job,
@@ -35,8 +36,8 @@ defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
             runtime_logs.presented_logs, runtime_logs.response_logs, runtime_logs.offer_matrix,
             runtime_logs.customer_features],
-    jobs=[flatten_job, retrain_job, publish_job, rollback_job, score_job, publish_scores_job],
+    jobs=[flatten_job, retrain_job, publish_job, rollback_job, refresh_job, score_job, publish_scores_job],
     schedules=[daily_flatten_schedule, weekly_retrain_schedule],
-    sensors=[publish_sensor, orphaned_runs_sensor],
+    sensors=[publish_sensor, refresh_sensor, orphaned_runs_sensor],
     resources=build_resources(),
 )

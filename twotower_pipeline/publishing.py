@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from twotower_pipeline import offline
-from twotower_pipeline.ingest.training_frame import build_training_frame
+from twotower_pipeline.ingest.training_frame import CHANGED_AT, build_training_frame
 from twotower_pipeline.runs import TrainedRun
-from twotower_pipeline.store import embeddings, frames, names
+from twotower_pipeline.store import artefacts, embeddings, frames, names
 from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.slices import SlicedCollection
 
@@ -117,6 +117,45 @@ def record_live_run(store: MongoStore, run_id: str) -> None:
     runs = store.collection(names.RUNS)
     runs.update_many({"live": True, "run_id": {"$ne": run_id}}, {"$set": {"live": False}})
     runs.update_one({"run_id": run_id}, {"$set": {"live": True, "published_at": dt.datetime.now(dt.timezone.utc)}})
+
+
+# --- between retrains: the live run's vectors for new and changed customers and offers -------------
+SOURCES = {"user": names.CUSTOMER_FEATURES, "item": names.OFFER_MATRIX}
+
+
+def changes_since(store: MongoStore, since: dt.datetime) -> dict[str, tuple[int, dt.datetime | None]]:
+    """{tower: (documents of its source changed after `since`, the newest change)}: counted on the
+    server through the `updated_at` index."""
+    found = {}
+    for tower, location in SOURCES.items():
+        collection = store.collection(location)
+        collection.create_index(CHANGED_AT)
+        query = {CHANGED_AT: {"$gt": since}}
+        newest = collection.find_one(query, {CHANGED_AT: 1, "_id": 0}, sort=[(CHANGED_AT, -1)])
+        found[tower] = (collection.count_documents(query) if newest else 0, newest[CHANGED_AT] if newest else None)
+    return found
+
+
+def refresh_live_run(store: MongoStore, run_id: str, since: dt.datetime, until: dt.datetime,
+                     owner: dict | None = None) -> dict:
+    """Embed the customers and offers whose documents changed in (since, until] with the live run's
+    own towers (its stored artefact) and upsert them into the live pair (`Publisher.refresh`:
+    refused unless `run_id` is live). The towers' encoders read what they were trained on; a new
+    customer has no history and is placed by its features."""
+    run = artefacts.load_artefact(store, "two_tower_model", run_id=run_id)
+    window = {CHANGED_AT: {"$gt": since, "$lte": until}}
+    no_window = pd.DataFrame({"customer_id": pd.Series(dtype=str), "offer": pd.Series(dtype=str)})
+    vectors = {}
+    for tower, build in (("user", user_embedding_set), ("item", item_embedding_set)):
+        changed = frames.read_frame(store.collection(SOURCES[tower]), window)
+        if len(changed):
+            embedded = build(run, changed, no_window)
+            vectors[tower] = (embedded.keys, embedded.vectors)
+    publisher = embeddings.Publisher(store, DATABASE)
+    if not vectors:
+        return {"run_id": run_id, "refreshed": {}, "counts": publisher.run_counts(run_id),
+                "report": publisher.verify(run_id, read_vectors=False), "recovered": None}
+    return publisher.refresh(run_id, vectors, owner=owner)
 
 
 def live_run_id(store: MongoStore) -> str | None:

@@ -1,14 +1,15 @@
-"""The publish sensor's ticks (`build_sensor_context`) against the real server and a real Dagster
-instance, each run it requests executed; the schedules' evaluations."""
+"""The publish and refresh sensors' ticks (`build_sensor_context`) against the real server and a
+real Dagster instance, each run they request executed; the schedules' evaluations."""
 
 import datetime as dt
 
 import dagster as dg
+import numpy as np
 import pytest
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
-from twotower_pipeline.defs.automation import publish_sensor
+from twotower_pipeline.defs.automation import publish_sensor, refresh_sensor
 from twotower_pipeline.defs.jobs import RETRAIN_DAYS_ENV, RETRAIN_PREDICTOR_ENV, daily_flatten_schedule, \
     weekly_retrain_schedule
 from twotower_pipeline.definitions import defs
@@ -20,6 +21,7 @@ FAST = {"epochs": 3, "batch_size": 128, "embedding_dim": 16, "hidden": 32}
 OPEN_GATE = {"min_ndcg_gain_over_popularity": -1.0, "min_auc": 0.0}
 CLOSED_GATE = {"min_ndcg_gain_over_popularity": 5.0}
 JOB_ASSETS = {"publish_job": ["runtime_embeddings"], "rollback_job": ["runtime_embeddings"],
+              "refresh_job": ["runtime_embeddings"],
               "score_job": ["batch_recommendations"], "publish_scores_job": ["published_recommendations"]}
 
 
@@ -40,13 +42,14 @@ class Ticks:
     """Evaluates the sensor as the daemon would, cursor carried from tick to tick, and executes what
     it requests in the same instance (with the requests' tags, partition and config)."""
 
-    def __init__(self, instance, mongo, resources):
+    def __init__(self, instance, mongo, resources, sensor=publish_sensor):
         self.instance, self.mongo, self.resources, self.cursor = instance, mongo, resources, None
+        self.sensor = sensor
 
     def tick(self, mongo=None):
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
                                           resources={"mongo": mongo or self.mongo})
-        result = publish_sensor(context)
+        result = self.sensor(context)
         self.cursor = context.cursor
         if isinstance(result, dg.SkipReason):
             return [], result.skip_message
@@ -140,9 +143,106 @@ def test_an_unreachable_server_fails_the_tick_without_the_password_and_the_next_
             ticks.tick(mongo=unreachable)
         assert "the publish sensor cannot read MongoDB" in str(failed.value)
         assert "s3cret-pw" not in str(failed.value) and "operator" not in str(failed.value)
+        with pytest.raises(RuntimeError, match="the refresh sensor cannot read MongoDB") as failed:
+            Ticks(instance, mongo, resources, sensor=refresh_sensor).tick(mongo=unreachable)
+        assert "s3cret-pw" not in str(failed.value)
         _train_and_gate(resources, instance, "run_a", OPEN_GATE)
         [publish], _ = ticks.tick()
         assert publish.run_key == "run_a:embeddings"
+
+
+def _publish(resources, instance, run_id):
+    assert dg.materialize(ASSETS, resources=resources, instance=instance, selection=["runtime_embeddings"],
+                          run_config={"ops": {"runtime_embeddings": {"config": {"run_id": run_id}}}}).success
+
+
+def _vector(collection, key_field, key):
+    return np.array(collection.find_one({key_field: key})["embedding"])
+
+
+def test_new_and_changed_customers_and_offers_join_the_live_run_and_stay_with_it(trained_slice, store, mongo):
+    resources, traffic = trained_slice
+    users, items = store.collection(publishing.USER_EMBEDDINGS), store.collection(publishing.ITEM_EMBEDDINGS)
+    with dg.instance_for_test() as instance:
+        ticks = Ticks(instance, mongo, resources, sensor=refresh_sensor)
+        assert ticks.tick() == ([], "nothing is published yet: no live run to refresh")
+        _train_and_gate(resources, instance, "run_a", OPEN_GATE)
+        _publish(resources, instance, "run_a")
+        requests, why = ticks.tick()
+        assert requests == [] and why.startswith("no customer or offer changed since ") and "run_a" in why
+        n_users, n_items = users.count_documents({}), items.count_documents({})
+        before = _vector(users, "customer_id", "sim_c001")
+
+        # between retrains: one customer's features change, a customer and an offer arrive
+        now = dt.datetime.now(dt.timezone.utc)
+        customers, offers = store.collection(names.CUSTOMER_FEATURES), store.collection(names.OFFER_MATRIX)
+        customers.update_one({"customer_id": "sim_c001"}, {"$set": {"segment": "segment_e", "age": 71,
+                                                                    "region": "north", "updated_at": now}})
+        customers.insert_one({"customer_id": "late_1", "segment": "segment_a", "age": 29, "region": "west",
+                              "updated_at": now})
+        offers.insert_one({"offer_name": "late_offer", "offer_id": 99, "category": "category_a", "popularity": 0.1,
+                           "price": 9.5, "cost": 4.0, "static_offers": False, "updated_at": now})
+        [refresh], _ = ticks.tick()
+        config = refresh.run_config["ops"]["runtime_embeddings"]["config"]
+        assert refresh.job_name == "refresh_job" and config["run_id"] == "run_a"
+        assert ticks.tick()[0] == [refresh]  # not launched yet: the same request, the same run key
+        assert ticks.execute(refresh)
+        assert (users.count_documents({}), items.count_documents({})) == (n_users + 1, n_items + 1)
+        assert users.find_one({"customer_id": "late_1"})["run_id"] == "run_a"
+        assert items.find_one({"offer": "late_offer"})["run_id"] == "run_a"
+        assert users.count_documents({"run_id": {"$ne": "run_a"}}) == 0
+        assert not np.allclose(before, _vector(users, "customer_id", "sim_c001"))
+        publisher = embeddings.Publisher(store)
+        assert publisher.verify().problems() == []
+        assert publisher.run_counts("run_a") == {"user": n_users + 1, "item": n_items + 1}
+        requests, why = ticks.tick()
+        assert requests == [] and f"since {config['refresh_until']}" in why
+
+        # the refreshed vectors belong to run_a: replaced by run_b and rolled back, they come back
+        refreshed = _vector(users, "customer_id", "late_1")
+        _train_and_gate(resources, instance, "run_b", OPEN_GATE, seed=3)
+        _publish(resources, instance, "run_b")
+        assert users.find_one({"customer_id": "late_1"})["run_id"] == "run_b"  # in the features: embedded
+        assert ticks.tick()[0] == []  # nothing changed since run_b was trained
+        # a refresh of run_a while run_b is live is refused, and nothing changes
+        refused = dg.materialize(ASSETS, resources=resources, instance=instance, selection=["runtime_embeddings"],
+                                 run_config=refresh.run_config, raise_on_error=False)
+        assert not refused.success and users.count_documents({"run_id": "run_b"}) == n_users + 1
+        assert dg.materialize(ASSETS, resources=resources, instance=instance, selection=["runtime_embeddings"],
+                              run_config={"ops": {"runtime_embeddings": {"config": {"rollback": True}}}}).success
+        assert np.allclose(refreshed, _vector(users, "customer_id", "late_1"))
+        assert users.find_one({"customer_id": "late_1"})["run_id"] == "run_a"
+        assert publisher.verify().problems() == []
+
+
+def test_a_refresh_cut_short_after_it_was_kept_is_finished_by_the_next_publisher_call(
+        trained_slice, store, mongo, monkeypatch):
+    resources, _ = trained_slice
+    users = store.collection(publishing.USER_EMBEDDINGS)
+    with dg.instance_for_test() as instance:
+        _train_and_gate(resources, instance, "run_a", OPEN_GATE)
+        _publish(resources, instance, "run_a")
+        n_users = users.count_documents({})
+        since = dt.datetime.now(dt.timezone.utc)
+        store.collection(names.CUSTOMER_FEATURES).insert_one(
+            {"customer_id": "late_2", "segment": "segment_b", "age": 41, "region": "east",
+             "updated_at": since + dt.timedelta(seconds=1)})
+
+        # the process dies after the vectors were kept with the run, before the live upsert
+        def killed(*args, **kwargs):
+            raise RuntimeError("killed during the refresh")
+
+        monkeypatch.setattr(embeddings.Publisher, "_apply_refreshed", killed)
+        with pytest.raises(RuntimeError, match="killed during the refresh"):
+            publishing.refresh_live_run(store, "run_a", since, since + dt.timedelta(seconds=5))
+        monkeypatch.undo()
+        publisher = embeddings.Publisher(store)
+        assert users.count_documents({}) == n_users and publisher.status()["state"] == "refreshing"
+        assert publisher.verify(read_vectors=False).problems() == [
+            f"user vectors: {n_users} documents, expected {n_users + 1}"]
+        assert publisher.recover() == "an interrupted refresh of run run_a was finished"
+        assert users.count_documents({}) == n_users + 1 and publisher.status()["state"] == "live"
+        assert publisher.verify().problems() == []
 
 
 def test_the_weekly_retrain_names_its_window_and_skips_without_a_predictor(monkeypatch):

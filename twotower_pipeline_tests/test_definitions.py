@@ -92,13 +92,14 @@ def test_jobs_and_schedules_are_defined():
     assert nodes("flatten_job") == {"ecosystemruntime_flatten", "logging__ecosystemruntime_flatten_undated"}
     assert nodes("retrain_job") == {"training_frame", "two_tower_model", "user_embeddings", "item_embeddings",
                                     "concept_test_metrics"}
-    assert nodes("publish_job") == nodes("rollback_job") == {"runtime_embeddings"}
+    assert nodes("publish_job") == nodes("rollback_job") == nodes("refresh_job") == {"runtime_embeddings"}
     scoring = defs.resolve_job_def("score_job")
     assert nodes("score_job") == {"batch_recommendations"}
     assert scoring.partitions_def.get_partition_keys() == [f"shard_{i:02d}_of_04" for i in range(4)]
     assert nodes("publish_scores_job") == {"published_recommendations"}
     assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    assert defs.resolve_sensor_def("publish_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    for sensor in ("publish_sensor", "refresh_sensor"):
+        assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.STOPPED
     nightly = defs.resolve_schedule_def("flatten_job_schedule")
     assert nightly.cron_schedule == "30 0 * * *"
     weekly = defs.resolve_schedule_def("weekly_retrain_schedule")

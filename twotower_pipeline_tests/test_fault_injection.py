@@ -7,6 +7,7 @@ process of its own (`fault_runner`) with `TWOTOWER_FAULT` naming where it dies o
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -324,6 +325,31 @@ def test_a_server_killed_inside_a_long_rename_loses_nothing_the_runtime_reads(en
     assert publisher.recover() == "an interrupted publish of run_b was rolled forward to run_b"
     assert _live(env["store"]) == {"user": ["run_b"], "item": ["run_b"]}
     assert _live_counts(env["store"]) == {"user": 10_000, "item": 50}
+    assert publisher.verify().problems() == []
+
+
+@pytest.mark.parametrize("fault", [
+    "refresh.kept.user:kill",  # the vectors kept with the run, nothing upserted live
+    "refresh.applied_batch:kill",  # after the first of three live upsert batches
+])
+def test_a_refresh_killed_after_keeping_its_vectors_is_finished_by_the_next_publisher_call(env, published, fault):
+    store = env["store"]
+    since = dt.datetime.now(dt.timezone.utc)
+    store.collection(names.CUSTOMER_FEATURES).insert_many([
+        {"customer_id": f"late_{i}", "segment": "segment_a", "age": 20 + i % 50, "region": "east",
+         "updated_at": since + dt.timedelta(seconds=1)} for i in range(900)])
+    window = {"run_id": "run_a", "refresh_since": since.isoformat(),
+              "refresh_until": (since + dt.timedelta(seconds=2)).isoformat()}
+    assert _finish(_start(env, ["runtime_embeddings"], fault=fault,
+                          run_config={"ops": {"runtime_embeddings": {"config": window}}})) is None
+    publisher = embeddings.Publisher(store)
+    assert publisher.status()["state"] == "refreshing"
+    assert _live(store) == {"user": ["run_a"], "item": ["run_a"]}  # whatever was upserted is run_a's
+    partly = _live_counts(store)["user"] - published["user"]
+    assert partly == (0 if fault.startswith("refresh.kept") else int(SMALL_BATCHES))
+    assert publisher.recover() == "an interrupted refresh of run run_a was finished"
+    assert _live_counts(store) == {"user": published["user"] + 900, "item": published["item"]}
+    assert _live(store) == {"user": ["run_a"], "item": ["run_a"]}
     assert publisher.verify().problems() == []
 
 

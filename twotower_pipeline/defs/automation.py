@@ -1,4 +1,6 @@
-"""The publish sensor: a run that passed the publish gate goes live, then its batch recommendations.
+"""The sensors that keep the runtime's embeddings current.
+
+`publish_sensor`: a run that passed the publish gate goes live, then its batch recommendations.
 
 Each tick reads a handful of small documents: the newest gate verdicts since its cursor (an indexed
 `created_at` in `ecosystem_meta.two_tower_offline_metrics`), the publish journals and the commit
@@ -7,6 +9,12 @@ requested once (run keys): `publish_job` (the runtime's embeddings), `score_job`
 not yet committed, `publish_scores_job` (`two_tower_scores`). A step's run that failed stops the
 chain with a `SkipReason` that names it; a run rolled back or replaced after it went live is never
 published again by the sensor.
+
+`refresh_sensor`: between retrains, the customers and offers whose documents changed (`updated_at`,
+indexed) since its cursor are embedded with the live run's towers and upserted into its live
+collections (`refresh_job`), never two runs mixed. A tick counts the changes on the server and
+reads nothing else; the window of a refresh run is fixed when it is requested, and the cursor moves
+past it once that run succeeded (a failed one is retried, three times at most).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import pymongo.errors
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
-from twotower_pipeline.defs.jobs import publish_job, publish_scores_job, score_job
+from twotower_pipeline.defs.jobs import publish_job, publish_scores_job, refresh_job, score_job
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.store import names
 from twotower_pipeline.store.client import redact_text
@@ -110,9 +118,88 @@ def publish_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource):
             return dg.SkipReason(f"no new run passed the publish gate{note}")
         requests, why = next_step(context, store, pending)
     except pymongo.errors.PyMongoError as error:
-        raise RuntimeError("the publish sensor cannot read MongoDB: "
-                           + redact_text(str(error), mongo.uri)) from None
+        raise _cannot_read("publish sensor", error, mongo) from None
     context.update_cursor(json.dumps({"gate_at": seen, "pending": pending if requests is not None else None}))
     if requests:
         return dg.SensorResult(run_requests=requests)
     return dg.SkipReason(why)
+
+
+REFRESH_TAG = "twotower/refresh"   # "<run_id>:<until>:<attempt>"
+MAX_ATTEMPTS = 3
+
+
+def _cannot_read(sensor: str, error: Exception, mongo: MongoResource) -> RuntimeError:
+    return RuntimeError(f"the {sensor} cannot read MongoDB: " + redact_text(str(error), mongo.uri))
+
+
+def refresh_start(store, run_id: str) -> str:
+    """Where a new live run's refresh starts: when its towers were trained (vectors embedded after
+    that saw every change before it; a change in between is embedded again, harmlessly)."""
+    document = store.collection(names.RUNS).find_one({"run_id": run_id}, {"updated_at": 1, "published_at": 1}) or {}
+    start = document.get("updated_at") or document.get("published_at") or dt.datetime.now(dt.timezone.utc)
+    return start.isoformat()
+
+
+@dg.sensor(
+    job=refresh_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Between retrains: embeds new and changed customers and offers (their `updated_at`) with the live "
+    "run's towers and upserts them into the live collections.",
+)
+def refresh_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource):
+    state = json.loads(context.cursor) if context.cursor else {}
+    try:
+        store = mongo.store()
+        live = publishing.live_run_id(store)
+        if live is None:
+            return dg.SkipReason("nothing is published yet: no live run to refresh")
+        if state.get("run_id") != live:
+            state = {"run_id": live, "since": refresh_start(store, live)}
+        requests, why = _refresh_step(context, store, state)
+    except pymongo.errors.PyMongoError as error:
+        raise _cannot_read("refresh sensor", error, mongo) from None
+    context.update_cursor(json.dumps(state))
+    return dg.SensorResult(run_requests=requests) if requests else dg.SkipReason(why)
+
+
+def _refresh_step(context: dg.SensorEvaluationContext, store, state: dict):
+    """(run requests, why none) for the cursor `state` {run_id, since, until?, attempt?, failed?};
+    updates `state` in place."""
+    live, until = state["run_id"], state.get("until")
+    if until:
+        tag = f"{live}:{until}:{state.get('attempt', 0)}"
+        runs = list(context.instance.get_runs(filters=dg.RunsFilter(tags={REFRESH_TAG: tag}), limit=1))
+        if runs and runs[0].status == dg.DagsterRunStatus.SUCCESS:
+            state.update(since=until, until=None, attempt=0)
+        elif runs and runs[0].status in FAILED:
+            if state.get("attempt", 0) + 1 >= MAX_ATTEMPTS:
+                state.update(until=None, attempt=0, failed=until)
+                return [], (f"refreshing the changes up to {until} failed {MAX_ATTEMPTS} times (last: Dagster run "
+                            f"{runs[0].run_id}); launch refresh_job for that window, or wait for the next change")
+            state["attempt"] = state.get("attempt", 0) + 1
+            return [_refresh_request(state)], None
+        elif runs:
+            return [], f"refreshing the changes up to {until} (Dagster run {runs[0].run_id})"
+        else:
+            return [_refresh_request(state)], None  # requested, not launched yet: the same run key again
+    since = dt.datetime.fromisoformat(state["since"])
+    changes = publishing.changes_since(store, since)
+    newest = max((at for _, at in changes.values() if at is not None), default=None)
+    if newest is None or (state.get("failed") and newest.isoformat() <= state["failed"]):
+        what = f" (the refresh up to {state['failed']} failed; see the earlier ticks)" if state.get("failed") else ""
+        return [], f"no customer or offer changed since {state['since']} (live run {live}){what}"
+    state.update(until=newest.isoformat(), attempt=0, failed=None)
+    counts = ", ".join(f"{n} {tower}" for tower, (n, _) in changes.items() if n)
+    context.log.info(f"run {live}: {counts} changed since {state['since']}")
+    return [_refresh_request(state)], None
+
+
+def _refresh_request(state: dict) -> dg.RunRequest:
+    tag = f"{state['run_id']}:{state['until']}:{state.get('attempt', 0)}"
+    return dg.RunRequest(run_key=f"refresh:{tag}", job_name=refresh_job.name,
+                         tags={REFRESH_TAG: tag, RUN_TAG: state["run_id"]},
+                         run_config={"ops": {"runtime_embeddings": {"config": {
+                             "run_id": state["run_id"], "refresh_since": state["since"],
+                             "refresh_until": state["until"]}}}})

@@ -76,6 +76,15 @@ publish_job = dg.define_asset_job(
 )
 
 
+refresh_job = dg.define_asset_job(
+    "refresh_job",
+    selection=dg.AssetSelection.assets("runtime_embeddings"),
+    description="Between retrains: embed the customers and offers changed in a time window (their `updated_at`) "
+    "with the live run's towers and upsert them into its live collections (launchpad: run_id, refresh_since, "
+    "refresh_until; `refresh_sensor` launches it).",
+)
+
+
 @dg.config_mapping(config_schema={})
 def rollback_only(_config) -> dict:
     """Nothing to choose: the run to put back is the journal's previous one."""

@@ -13,6 +13,7 @@ import uuid as uuid_lib
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.ingest.training_frame import CHANGED_AT
 from twotower_pipeline.store import names
 from twotower_pipeline.store.frames import INSERT_BATCH, chunked, ensure_indexes, frame_to_documents, plain_value
 
@@ -178,10 +179,14 @@ def ensure_source_indexes(store) -> None:
 
 
 def _replace_by_key(collection, frame: pd.DataFrame, key: str) -> None:
+    """Replace the documents of the frame's keys, each stamped `updated_at` (what the runtime
+    refresh looks for)."""
     collection.create_index(key, unique=True)
+    collection.create_index(CHANGED_AT)
     keys = frame[key].astype(str).tolist()
     for batch in chunked(keys, 200):
         collection.delete_many({key: {"$in": list(batch)}})
-    documents = frame_to_documents(frame.assign(**{key: frame[key].astype(str)}))
+    stamped = frame.assign(**{key: frame[key].astype(str), CHANGED_AT: pd.Timestamp.now(tz="UTC")})
+    documents = frame_to_documents(stamped)
     for batch in chunked(documents, INSERT_BATCH):
         collection.insert_many(batch, ordered=False)

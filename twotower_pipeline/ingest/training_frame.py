@@ -14,6 +14,9 @@ KEY_COLUMNS = ("customer_id", "offer")
 TARGET_COLUMN = "accepted"
 #: Columns of the flatten collection that describe the exposure, not a feature to fill.
 BOOKKEEPING_COLUMNS = ("uuid", "predictor", "channel", "offer_name", "datetime")
+#: When a customer's or an offer's document last changed (set by whoever writes them; the runtime
+#: refresh finds changes by it): bookkeeping of the feature tables, never a feature.
+CHANGED_AT = "updated_at"
 UNKNOWN = "unknown"
 
 
@@ -79,7 +82,7 @@ def _keyed(table: pd.DataFrame, key: str, as_name: str) -> pd.DataFrame:
         return pd.DataFrame({as_name: pd.Series(dtype=str)})
     if key not in table.columns:
         raise ValueError(f"feature table lacks its key column {key!r} (columns: {sorted(table.columns)})")
-    internal = [c for c in table.columns if c.startswith("_") or c == "embedding"]
+    internal = [c for c in table.columns if c.startswith("_") or c in ("embedding", CHANGED_AT)]
     table = table.drop(columns=internal).rename(columns={key: as_name})
     table[as_name] = table[as_name].astype(str)
     return table.drop_duplicates(as_name, keep="last")

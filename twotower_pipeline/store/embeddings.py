@@ -35,7 +35,7 @@ import uuid
 
 import numpy as np
 import pandas as pd
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReplaceOne
 
 from twotower_pipeline.store import artefacts, leases, names
 from twotower_pipeline.store.client import MongoStore
@@ -47,6 +47,9 @@ JOURNAL = "ecosystem_meta.two_tower_publish"
 RUN_MARK = "__run_"
 #: Staging collections of a publish: `<live name>__staging_<hex>`, dropped by the next publish.
 STAGING_MARK = "__staging_"
+#: A live run's refreshed vectors (new or changed keys since it was published):
+#: `<live name>__refresh_<run_id>`, one document per key, part of that run's vectors from then on.
+REFRESH_MARK = "__refresh_"
 NORM_TOLERANCE = 1e-4
 KEEP_RUNS = 3
 HISTORY = 20
@@ -149,6 +152,26 @@ class LiveReport:
         return found
 
 
+def _vector_problems(keys, matrix, embedding_dim: int) -> list[str]:
+    """What keeps vectors out of a live collection: counts, width, finiteness, unit length, duplicates."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if len(keys) != len(matrix):
+        return [f"{len(keys)} keys but {len(matrix)} vectors"]
+    if not len(keys):
+        return []
+    if matrix.ndim != 2 or matrix.shape[1] != embedding_dim:
+        return [f"vectors of shape {matrix.shape}, the live run's are {embedding_dim} wide"]
+    found = []
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        found.append(f"{int((~finite).sum())} vectors not finite")
+    if (np.abs(np.linalg.norm(matrix[finite], axis=1) - 1.0) > NORM_TOLERANCE).any():
+        found.append("vectors not of unit length")
+    if len(set(map(str, keys))) != len(keys):
+        found.append("duplicate keys")
+    return found
+
+
 class Publisher:
     """Publishes runs' vector pairs to the live collections of one database, through the journal."""
 
@@ -176,6 +199,10 @@ class Publisher:
 
     def run_location(self, tower_name: str, run_id: str) -> str:
         return f"{self.database_name}.{self.tower(tower_name).collection}{RUN_MARK}{check_run_id(run_id)}"
+
+    def _refreshed(self, spec: Tower, run_id: str):
+        """The run's refreshed vectors of one tower (an empty collection until a refresh)."""
+        return self.database[f"{spec.collection}{REFRESH_MARK}{check_run_id(run_id)}"]
 
     def write_run(self, tower_name: str, run_id: str, keys: list[str], vectors: np.ndarray,
                   owner: dict | None = None) -> int:
@@ -226,7 +253,8 @@ class Publisher:
                     raise PublishError(f"{sliced.location} slice {key} holds {found} committed documents, "
                                        f"{committed[key]['rows']} were written")
                 stored += found
-            counts[spec.name] = stored
+            # keys a refresh added (changed ones replace a document of the run's own)
+            counts[spec.name] = stored + self._refreshed(spec, run_id).count_documents({"new": True})
         return counts
 
     # -- the live pair ------------------------------------------------------------------------
@@ -259,13 +287,92 @@ class Publisher:
         with self._lease(owner) as lease:
             return self._recover(lease)
 
-    def verify(self, run_id: str | None = None, embedding_dim: int | None = None) -> LiveReport:
-        """Check the live pair against a run (default: the journal's live run)."""
+    def refresh(self, run_id: str, vectors: dict[str, tuple[list[str], np.ndarray]],
+                owner: dict | None = None) -> dict:
+        """Upsert new or changed keys' vectors {tower: (keys, vectors)}, computed with the live
+        run's own towers, into the live collections, and keep them with that run (a later publish
+        or rollback of it restores them). Refused unless `run_id` is the live run: two runs are
+        never mixed. The vectors are checked before anything is written; the intent is journaled
+        (state `refreshing`), so a refresh cut short is finished by the next publisher call."""
+        check_run_id(run_id)
+        with self._lease(owner) as lease:
+            recovered = self._recover(lease)
+            live = self.status().get("live_run_id")
+            if live != run_id:
+                raise PublishError(f"run {run_id} is not the live run ({live or 'nothing'} is): a refresh only "
+                                   "adds to the live run's vectors, never mixes two runs")
+            dim = self._live_width()
+            for name, (keys, matrix) in vectors.items():
+                problems = _vector_problems(keys, matrix, dim)
+                if problems:
+                    raise ValueError(f"not refreshing the {name} vectors of run {run_id}: {'; '.join(problems)}")
+            lease.update({"$set": {"state": "refreshing", "target_run_id": run_id, "from_run_id": run_id,
+                                   "started_at": leases.now()}})
+            refreshed = {}
+            for name, (keys, matrix) in vectors.items():
+                spec = self.tower(name)
+                refreshed[name] = self._keep_refreshed(spec, run_id, list(map(str, keys)), matrix)
+                fault_point(f"refresh.kept.{name}")
+                self._apply_refreshed(spec, run_id, list(map(str, keys)))
+            counts = self.run_counts(run_id)
+            # the refreshed vectors were checked before they were written, and every document
+            # written carries the live run's id: counts and the unique index are what can go wrong
+            report = self._verify(run_id, counts, dim, read_vectors=False)
+            if report.problems():  # the journal still says `refreshing`: the next call re-applies it
+                raise PublishError(f"the refreshed live collections of run {run_id} failed verification: "
+                                   f"{'; '.join(report.problems())}", report)
+            previous = self.status().get("previous_run_id")
+            self._record_live(lease, run_id, previous, counts,
+                              "refreshed " + ", ".join(f"{n} {t}" for t, n in refreshed.items()))
+            return {"run_id": run_id, "refreshed": refreshed, "counts": counts, "report": report,
+                    "recovered": recovered}
+
+    def _keep_refreshed(self, spec: Tower, run_id: str, keys: list[str], matrix: np.ndarray) -> dict:
+        """Upsert into the run's refresh collection; `new`: the key is not among the run's own
+        vectors (so it adds one to the live count). {"vectors", "new"} written."""
+        refreshed = self._refreshed(spec, run_id)
+        refreshed.create_index([(spec.key_field, ASCENDING)], unique=True)
+        live = self.database[spec.collection]
+        added = 0
+        for start in range(0, len(keys), INSERT_BATCH):
+            batch = keys[start:start + INSERT_BATCH]
+            earlier = {d[spec.key_field]: d["new"] for d in refreshed.find(
+                {spec.key_field: {"$in": batch}}, {spec.key_field: 1, "new": 1, "_id": 0})}
+            # the live collection is the run's vectors (own + refreshed): a key it lacks is new
+            found = live.find({spec.key_field: {"$in": batch}}, {spec.key_field: 1, "_id": 0})
+            present = {d[spec.key_field] for d in found}
+            now = leases.now()
+            operations = []
+            for i, key in enumerate(batch):
+                new = earlier.get(key, key not in present)
+                added += bool(new and key not in earlier)
+                operations.append(ReplaceOne({spec.key_field: key}, {
+                    "run_id": run_id, spec.key_field: key, spec.vector_field: [float(v) for v in matrix[start + i]],
+                    "new": bool(new), "refreshed_at": now}, upsert=True))
+            refreshed.bulk_write(operations, ordered=False)
+        return {"vectors": len(keys), "new": added}
+
+    def _apply_refreshed(self, spec: Tower, run_id: str, keys: list[str] | None = None) -> None:
+        """Upsert the run's refreshed vectors (those of `keys`, or all) into the live collection."""
+        refreshed, live = self._refreshed(spec, run_id), self.database[spec.collection]
+        queries = ([{}] if keys is None else
+                   [{spec.key_field: {"$in": keys[i:i + INSERT_BATCH]}} for i in range(0, len(keys), INSERT_BATCH)])
+        for query in queries:
+            documents = refreshed.find(query, {"_id": 0, "new": 0, "refreshed_at": 0}, batch_size=INSERT_BATCH)
+            for batch in batches(documents, INSERT_BATCH):
+                live.bulk_write([ReplaceOne({spec.key_field: d[spec.key_field]}, d, upsert=True) for d in batch],
+                                ordered=False)
+                fault_point("refresh.applied_batch")
+
+    def verify(self, run_id: str | None = None, embedding_dim: int | None = None,
+               read_vectors: bool = True) -> LiveReport:
+        """Check the live pair against a run (default: the journal's live run); `read_vectors`
+        False: counts and the key index only."""
         run_id = run_id or self.live_run_id()
         if not run_id:
             raise PublishError(f"nothing has been published to {self.database_name}")
         expected = self.run_counts(run_id)
-        return self._verify(run_id, expected, embedding_dim)
+        return self._verify(run_id, expected, embedding_dim, read_vectors=read_vectors)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -299,6 +406,17 @@ class Publisher:
 
     def _recover(self, lease: leases.Lease) -> str | None:
         journal = self.status()
+        if journal.get("state") == "refreshing":  # the live run stays; its kept refresh is applied again
+            run_id = journal.get("target_run_id")
+            for spec in self.towers:
+                self._apply_refreshed(spec, run_id)
+            counts = self.run_counts(run_id)
+            report = self._verify(run_id, counts)
+            if report.problems():
+                raise PublishError(f"an interrupted refresh of run {run_id} could not be finished: "
+                                   f"{'; '.join(report.problems())}", report)
+            self._record_live(lease, run_id, journal.get("previous_run_id"), counts, "recovered: refresh finished")
+            return f"an interrupted refresh of run {run_id} was finished"
         if journal.get("state") != "publishing":
             return None
         target, was_live = journal.get("target_run_id"), journal.get("from_run_id")
@@ -366,25 +484,42 @@ class Publisher:
             staging.insert_many(batch, ordered=False)
             fault_point("publish.staged_batch")
         staging.create_index([(spec.key_field, ASCENDING)], unique=True)
+        # the run's refreshed vectors replace or add to its own (the unique index makes it per key)
+        refreshed = self._refreshed(spec, run_id).find({}, {"_id": 0, "new": 0, "refreshed_at": 0},
+                                                       batch_size=INSERT_BATCH)
+        for batch in batches(refreshed, INSERT_BATCH):
+            staging.bulk_write([ReplaceOne({spec.key_field: d[spec.key_field]}, d, upsert=True) for d in batch],
+                               ordered=False)
         staged = staging.count_documents({})
         if staged != expected:
             raise PublishError(f"staging {staging.name} holds {staged} vectors of run {run_id}, expected {expected}")
         return staging
 
-    def _verify(self, run_id: str, expected: dict[str, int], embedding_dim: int | None = None) -> LiveReport:
-        """Read the live collections back: counts and run ids on the server, vectors in batches."""
+    def _live_width(self) -> int:
+        """The width of the live vectors (of the first tower that has one)."""
+        for spec in self.towers:
+            if spec.vector_field:
+                document = self.database[spec.collection].find_one({}, {spec.vector_field: 1, "_id": 0})
+                if document:
+                    return len(document.get(spec.vector_field) or [])
+        return 0
+
+    def _verify(self, run_id: str, expected: dict[str, int], embedding_dim: int | None = None,
+                read_vectors: bool = True) -> LiveReport:
+        """Read the live collections back: counts and run ids on the server, vectors in batches
+        (`read_vectors` False: counts and the key index only)."""
         report = LiveReport(run_id, embedding_dim or 0, {}, dict(expected), {}, {}, {}, {}, {})
         for spec in self.towers:
             live = self.database[spec.collection]
             report.documents[spec.name] = live.count_documents({})
-            report.other_runs[spec.name] = live.count_documents({"run_id": {"$ne": run_id}})
+            report.other_runs[spec.name] = live.count_documents({"run_id": {"$ne": run_id}}) if read_vectors else 0
             report.unique_key[spec.name] = any(
                 index.get("unique") and [k for k, _ in index["key"]] == [spec.key_field]
                 for index in live.index_information().values()
             )
             wrong = not_finite = not_unit = 0
-            vectors_of = live.find({}, {spec.vector_field: 1, "_id": 0}, batch_size=INSERT_BATCH) if spec.vector_field \
-                else []
+            vectors_of = live.find({}, {spec.vector_field: 1, "_id": 0}, batch_size=INSERT_BATCH) \
+                if spec.vector_field and read_vectors else []
             for chunk in batches(vectors_of, INSERT_BATCH):
                 vectors = [d.get(spec.vector_field) or [] for d in chunk]
                 if not report.embedding_dim and vectors:
@@ -418,5 +553,7 @@ class Publisher:
                 continue
             for name, _ in commits[run_id]:
                 self.database.drop_collection(name)
+            for spec in self.towers:
+                self._refreshed(spec, run_id).drop()
                 self.store.collection(COMMITS).delete_one({"_id": f"{self.database_name}.{name}"})
                 artefacts.delete_artefact(self.store, snapshot_name(f"{self.database_name}.{name}"))

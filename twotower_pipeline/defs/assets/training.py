@@ -2,6 +2,7 @@
 collections the runtime reads."""
 
 import base64
+import datetime as dt
 import hashlib
 import time
 from pathlib import Path
@@ -241,20 +242,44 @@ RUNTIME_CHECKS = {
 
 
 class PublishConfig(dg.Config):
-    """Which run the runtime is switched to; by default the run trained upstream."""
+    """Which run the runtime is switched to (by default the run trained upstream), or a rollback,
+    or a refresh of the live run."""
 
     run_id: Optional[str] = Field(default=None, description="Publish this stored run instead of the run trained "
-                                  "upstream (it must have passed the publish gate).")
+                                  "upstream (it must have passed the publish gate); with refresh_until: the live "
+                                  "run to refresh.")
     rollback: bool = Field(default=False, description="Put back the run that was live before the current one "
                            "(both towers, verified), instead of publishing.")
+    refresh_since: Optional[str] = Field(default=None, description="Refresh: customers and offers whose "
+                                         "`updated_at` is after this UTC time (ISO) ...")
+    refresh_until: Optional[str] = Field(default=None, description="... and at most this one are embedded with the "
+                                         "live run's towers and upserted into its live collections.")
 
     @model_validator(mode="after")
     def _one_choice(self):
         if self.run_id is not None:
             embeddings.check_run_id(self.run_id)
-            if self.rollback:
-                raise ValueError("run_id and rollback are alternatives: set one of them")
+        if self.rollback and (self.run_id is not None or self.refresh_until is not None):
+            raise ValueError("rollback takes no run_id or refresh window: it puts the previous run back")
+        if self.refresh_until is not None:
+            if self.run_id is None or self.refresh_since is None:
+                raise ValueError("a refresh needs run_id (the live run), refresh_since and refresh_until")
+            since, until = self.refresh_window()
+            if since >= until:
+                raise ValueError(f"refresh_since {self.refresh_since} must be before "
+                                 f"refresh_until {self.refresh_until}")
+        elif self.refresh_since is not None:
+            raise ValueError("refresh_since without refresh_until: give both")
         return self
+
+    def refresh_window(self) -> tuple[dt.datetime, dt.datetime]:
+        def parsed(value: str, name: str) -> dt.datetime:
+            try:
+                moment = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not an ISO date-time") from None
+            return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+        return parsed(self.refresh_since, "refresh_since"), parsed(self.refresh_until, "refresh_until")
 
 
 @dg.asset(
@@ -274,6 +299,9 @@ def runtime_embeddings(context: dg.AssetExecutionContext, config: PublishConfig,
                        two_tower_model: TrainedRun):
     """Publish the run's user and item vectors as one unit (see `store.embeddings`), or roll back."""
     owner = {"dagster_run_id": context.run_id}
+    if config.refresh_until is not None:
+        yield from _refresh(context, config, mongo, owner)
+        return
     try:
         if config.rollback:
             outcome = publishing.rollback_run(mongo.store(), owner=owner)
@@ -294,6 +322,28 @@ def runtime_embeddings(context: dg.AssetExecutionContext, config: PublishConfig,
                   "collections": f"{publishing.USER_EMBEDDINGS}, {publishing.ITEM_EMBEDDINGS}",
                   **({"recovered": outcome["recovered"]} if outcome["recovered"] else {})},
     )
+    yield from _runtime_checks(outcome["report"])
+
+
+def _refresh(context: dg.AssetExecutionContext, config: PublishConfig, mongo: MongoResource, owner: dict):
+    """New and changed customers and offers embedded with the live run's towers, upserted live."""
+    since, until = config.refresh_window()
+    try:
+        outcome = publishing.refresh_live_run(mongo.store(), config.run_id, since, until, owner=owner)
+    except (embeddings.PublishError, ValueError, LookupError) as error:
+        if isinstance(error, embeddings.PublishError) and error.report is not None:
+            yield from _runtime_checks(error.report)
+        raise dg.Failure(description=f"{error}; the live collections keep the vectors they had") from None
+    if outcome["recovered"]:
+        context.log.warning(outcome["recovered"])
+    refreshed = outcome["refreshed"]
+    summary = ", ".join(f"{r['vectors']} {t} vectors ({r['new']} new)" for t, r in refreshed.items()) or "nothing"
+    context.log.info(f"run {config.run_id}: refreshed {summary} changed in ({since.isoformat()}, {until.isoformat()}]")
+    yield dg.MaterializeResult(metadata={
+        "run_id": config.run_id, "refreshed": summary, "since": since.isoformat(), "until": until.isoformat(),
+        **{f"{t}_refreshed": r["vectors"] for t, r in refreshed.items()},
+        **{f"{t}_new": r["new"] for t, r in refreshed.items()},
+        "users": outcome["counts"].get("user"), "items": outcome["counts"].get("item")})
     yield from _runtime_checks(outcome["report"])
 
 
