@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.twotower/dagster_home
 
-.PHONY: install instance demo test ui bench bench-quick quality check server-stop clean
+.PHONY: install instance browser demo test ui bench bench-quick quality check server-stop clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ demo: install
 
 # Two workers: most of a test's time is spent waiting on the server or a run's process. A module
 # stays on one worker (--dist loadscope): the fault-injection module shares a server it kills.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadscope
+
+# The browser test's Chromium: Debian's package where apt can install it (never a browser download);
+# where it cannot, the test says it was skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	    echo "chromium could not be installed: the browser test will be skipped"; }
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml

@@ -35,6 +35,8 @@ from twotower_pipeline.store.slices import SlicedCollection
 
 STEP_TAG = "twotower/publish_step"   # "<run_id>:embeddings" | "<run_id>:scores:<shard>" | "<run_id>:scores"
 RUN_TAG = "twotower/run_id"
+REFRESH_TAG = "twotower/refresh"   # "<run_id>:<until>:<attempt>"
+MAX_ATTEMPTS = 3                   # tries of one refresh window
 FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
@@ -123,10 +125,6 @@ def publish_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource):
     if requests:
         return dg.SensorResult(run_requests=requests)
     return dg.SkipReason(why)
-
-
-REFRESH_TAG = "twotower/refresh"   # "<run_id>:<until>:<attempt>"
-MAX_ATTEMPTS = 3
 
 
 def _cannot_read(sensor: str, error: Exception, mongo: MongoResource) -> RuntimeError:

@@ -1,9 +1,9 @@
 """Named fault points in the storage code, for the fault-injection tests.
 
 A crash is only worth testing at the moments that matter (half a slice inserted, staging done but
-not swapped, between the two renames of a publish, a refresh kept but not yet applied). The code calls :func:`fault_point` at those
-moments; it does nothing unless `TWOTOWER_FAULT` names that point, so a test can kill the process
-or the server exactly there instead of guessing with sleeps:
+not swapped, between the two renames of a publish, a refresh kept but not yet applied). The code
+calls :func:`fault_point` at those moments; it does nothing unless `TWOTOWER_FAULT` names that
+point, so a test can kill the process or the server exactly there instead of guessing with sleeps:
 
     TWOTOWER_FAULT="<point>:<action>[:<hit>]"   several separated by ","
 

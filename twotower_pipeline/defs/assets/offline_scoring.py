@@ -210,8 +210,15 @@ class PublishScoresConfig(dg.Config):
 )
 def batch_recommendations(context: dg.AssetExecutionContext, config: BatchScoringConfig, mongo: MongoResource,
                           two_tower_model: TrainedRun, training_frame: pd.DataFrame) -> dg.MaterializeResult:
-    store = mongo.store()
-    run_id = config.run_id or two_tower_model.run_id
+    metadata = score_and_keep(context, config, mongo.store(), config.run_id or two_tower_model.run_id,
+                              list(context.partition_keys), training_frame)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def score_and_keep(context, config: BatchScoringConfig, store, run_id: str, shards: list[str],
+                   training_frame: pd.DataFrame) -> dict:
+    """Score the customers of `shards` with the gated run and commit each shard whole into the
+    run's own scores (the asset's body, and each step of `score_fanout_job`); its metadata."""
     try:
         offline.require_gate(store, run_id)
     except offline.GateError as error:
@@ -222,7 +229,6 @@ def batch_recommendations(context: dg.AssetExecutionContext, config: BatchScorin
     offers, vectors = [item_keys[i] for i in positions], item_vectors[positions]
     accepted = training_frame.loc[training_frame["accepted"] == 1, ["customer_id", "offer"]] \
         if config.exclude_accepted else None
-    shards = list(context.partition_keys)
     all_shards = score_shards.get_partition_keys()
     documents, row_slices = offline.score_shards(
         store, run_id, [all_shards.index(s) for s in shards], SCORE_SHARDS, offers, vectors, config.top_k,
@@ -230,9 +236,8 @@ def batch_recommendations(context: dg.AssetExecutionContext, config: BatchScorin
     written = offline.write_scores(store, run_id, documents, shards, row_slices, all_shards,
                                    owner={"dagster_run_id": context.run_id})
     location = offline.scores_publisher(store, all_shards).run_location("scores", run_id)
-    return dg.MaterializeResult(metadata={
-        "run_id": run_id, "dagster/row_count": sum(written.values()), "eligible_offers": len(offers),
-        "top_k": config.top_k, "shards": ", ".join(shards), "collection": location})
+    return {"run_id": run_id, "dagster/row_count": sum(written.values()), "eligible_offers": len(offers),
+            "top_k": config.top_k, "shards": ", ".join(shards), "collection": location}
 
 
 def _eligible_offers(store, config: BatchScoringConfig, item_keys: list[str]) -> set[str]:
