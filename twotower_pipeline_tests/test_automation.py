@@ -240,8 +240,11 @@ def test_a_refresh_cut_short_after_it_was_kept_is_finished_by_the_next_publisher
         assert users.count_documents({}) == n_users and publisher.status()["state"] == "refreshing"
         assert publisher.verify(read_vectors=False).problems() == [
             f"user vectors: {n_users} documents, expected {n_users + 1}"]
+        # and a live document lost meanwhile: re-applying the refresh is not enough, the pair is rebuilt
+        users.delete_one({"customer_id": "sim_c002"})
         assert publisher.recover() == "an interrupted refresh of run run_a was finished"
         assert users.count_documents({}) == n_users + 1 and publisher.status()["state"] == "live"
+        assert users.count_documents({"customer_id": {"$in": ["sim_c002", "late_2"]}, "run_id": "run_a"}) == 2
         assert publisher.verify().problems() == []
 
 

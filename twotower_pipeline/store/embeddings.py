@@ -412,6 +412,8 @@ class Publisher:
                 self._apply_refreshed(spec, run_id)
             counts = self.run_counts(run_id)
             report = self._verify(run_id, counts)
+            if report.problems():  # rebuilt whole from the run's own and refreshed vectors instead
+                report = self._swap_all(run_id, counts)
             if report.problems():
                 raise PublishError(f"an interrupted refresh of run {run_id} could not be finished: "
                                    f"{'; '.join(report.problems())}", report)
