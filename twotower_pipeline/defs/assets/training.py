@@ -331,8 +331,10 @@ def _refresh(context: dg.AssetExecutionContext, config: PublishConfig, mongo: Mo
     try:
         outcome = publishing.refresh_live_run(mongo.store(), config.run_id, since, until, owner=owner)
     except (embeddings.PublishError, ValueError, LookupError) as error:
-        if isinstance(error, embeddings.PublishError) and error.report is not None:
+        if isinstance(error, embeddings.PublishError) and error.report is not None:  # after the writes
             yield from _runtime_checks(error.report)
+            raise dg.Failure(description=f"{error}; the journal says `refreshing`: the next publish, rollback, "
+                             "refresh or `twotower embeddings-status --recover` finishes it") from None
         raise dg.Failure(description=f"{error}; the live collections keep the vectors they had") from None
     if outcome["recovered"]:
         context.log.warning(outcome["recovered"])
