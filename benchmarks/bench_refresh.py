@@ -1,7 +1,8 @@
 """The refresh sensor's tick at a million customers against Dagster's sensor time limit (60 s,
 `DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`): a tick counts the customers and offers changed since its
 cursor on the server (the `updated_at` index) and reads the publish journal and the live run's
-document, nothing else. Measured: a tick with nothing changed, and with 1,000 customers changed."""
+document, nothing else. Measured: ticks after the first (which starts the cursor), with nothing
+changed, and with 1,000 customers changed."""
 
 from __future__ import annotations
 
@@ -49,18 +50,19 @@ def run(uri: str, quick: bool) -> list[dict]:
     store.collection(names.RUNS).insert_one({"run_id": "live", "updated_at": trained})
     mongo = MongoResource(uri=uri, database_prefix=prefix)
 
-    def tick(cursor: str | None) -> tuple[float, object]:
+    def tick(cursor: str | None) -> tuple[float, object, str]:
         with dg.DagsterInstance.ephemeral() as instance:
             context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"mongo": mongo})
             started = time.perf_counter()
             result = refresh_sensor(context)
-            return time.perf_counter() - started, result
+            return time.perf_counter() - started, result, context.cursor
 
-    quiet = [tick(None) for _ in range(5)]
+    cursor = tick(None)[2]  # the first tick starts the cursor at the run's training time
+    quiet = [tick(cursor)[:2] for _ in range(5)]
     assert all(isinstance(r, dg.SkipReason) for _, r in quiet), quiet[0][1]
     customers.update_many({"customer_id": {"$in": [f"c{i:07d}" for i in range(changed)]}},
                           {"$set": {"updated_at": trained + dt.timedelta(hours=1)}})
-    busy = [tick(None) for _ in range(5)]
+    busy = [tick(cursor)[:2] for _ in range(5)]
     assert all(len(r.run_requests) == 1 for _, r in busy), busy[0][1]
     for database in store.client.list_database_names():
         if database.startswith(prefix):

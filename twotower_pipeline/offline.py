@@ -73,6 +73,7 @@ def save_offline_metrics(store: MongoStore, run_id: str, record: dict) -> None:
     """Upsert the run's offline metrics and gate verdict (journaled: the gate must survive a crash)."""
     collection = leases.journaled(store.collection(names.OFFLINE_METRICS))
     collection.create_index("run_id", unique=True)
+    collection.create_index("created_at")  # the publish sensor reads the verdicts newer than its cursor
     collection.replace_one({"run_id": run_id}, {"run_id": run_id, **record,
                                                 "created_at": dt.datetime.now(dt.timezone.utc)}, upsert=True)
 

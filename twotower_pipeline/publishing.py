@@ -123,13 +123,18 @@ def record_live_run(store: MongoStore, run_id: str) -> None:
 SOURCES = {"user": names.CUSTOMER_FEATURES, "item": names.OFFER_MATRIX}
 
 
+def ensure_change_index(store: MongoStore) -> None:
+    """The `updated_at` index `changes_since` reads (the loaders make it too; another writer may not)."""
+    for location in SOURCES.values():
+        store.collection(location).create_index(CHANGED_AT)
+
+
 def changes_since(store: MongoStore, since: dt.datetime) -> dict[str, tuple[int, dt.datetime | None]]:
     """{tower: (documents of its source changed after `since`, the newest change)}: counted on the
-    server through the `updated_at` index."""
+    server through the `updated_at` index (`ensure_change_index`)."""
     found = {}
     for tower, location in SOURCES.items():
         collection = store.collection(location)
-        collection.create_index(CHANGED_AT)
         query = {CHANGED_AT: {"$gt": since}}
         newest = collection.find_one(query, {CHANGED_AT: 1, "_id": 0}, sort=[(CHANGED_AT, -1)])
         found[tower] = (collection.count_documents(query) if newest else 0, newest[CHANGED_AT] if newest else None)

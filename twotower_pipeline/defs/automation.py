@@ -51,8 +51,7 @@ def _request(job: dg.JobDefinition, run_id: str, step: str, op: str, **kwargs) -
 
 def newest_gate_verdicts(store, since: str | None) -> tuple[str | None, list[dict]]:
     """(newest `created_at` seen, the verdicts recorded after `since`, newest first)."""
-    collection = store.collection(names.OFFLINE_METRICS)
-    collection.create_index("created_at")
+    collection = store.collection(names.OFFLINE_METRICS)  # indexed on created_at where it is written
     query = {"created_at": {"$gt": dt.datetime.fromisoformat(since)}} if since else {}
     verdicts = list(collection.find(query, {"run_id": 1, "gate": 1, "created_at": 1, "_id": 0})
                     .sort("created_at", -1).limit(50))
@@ -153,7 +152,8 @@ def refresh_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource):
         live = publishing.live_run_id(store)
         if live is None:
             return dg.SkipReason("nothing is published yet: no live run to refresh")
-        if state.get("run_id") != live:
+        if state.get("run_id") != live:  # a new live run: once, the index every later tick reads
+            publishing.ensure_change_index(store)
             state = {"run_id": live, "since": refresh_start(store, live)}
         requests, why = _refresh_step(context, store, state)
     except pymongo.errors.PyMongoError as error:
