@@ -71,7 +71,7 @@ def reference_loop(data: PreparedData, epochs: int) -> tuple[float, TwoTowerMode
     n_items, B = len(data.offers), params.batch_size
     probabilities = losses.sampling_probabilities(data.item_codes[data.accepted_train_rows], n_items)
     # the objective's constants per offer: log-Q and the popularity prior, subtracted from the logits
-    log_q = torch.from_numpy((np.log(np.maximum(B * probabilities, 1e-12))
+    log_q = torch.from_numpy((losses.mixed_log_q(probabilities, B)
                               + losses.popularity_log_prior(probabilities, params.popularity_prior)).astype(np.float32))
     with _torch_settings(params):
         model = TwoTowerModel(params, data.user_encoder, data.item_encoder)

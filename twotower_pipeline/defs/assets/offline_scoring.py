@@ -156,7 +156,19 @@ def _probes_markdown(probes: list[dict]) -> str:
 
 
 # --- batch recommendations ----------------------------------------------------------------------
-class BatchScoringConfig(dg.Config):
+class StoredRunConfig(dg.Config):
+    """A stored run to act on instead of the run trained upstream (the publish sensor names one)."""
+
+    run_id: Optional[str] = Field(default=None, description="A stored run that passed the publish gate, instead "
+                                  "of the run trained upstream.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value):
+        return embeddings.check_run_id(value) if value is not None else value
+
+
+class BatchScoringConfig(StoredRunConfig):
     """SPEC §6 batch scoring parameters, and the eligibility rules applied before top-K."""
 
     top_k: int = Field(default=10, ge=1, le=1000, description="Offers per customer.")
@@ -165,8 +177,6 @@ class BatchScoringConfig(dg.Config):
                                                         '(e.g. {"static_offers": false}); {} = every offer.')
     exclude_offers: list[str] = Field(default=[], description="Offers never recommended.")
     exclude_accepted: bool = Field(default=True, description="Leave out offers the customer accepted in the window.")
-    run_id: Optional[str] = Field(default=None, description="Score this stored run instead of the run trained "
-                                  "upstream (it must have passed the publish gate).")
 
     @field_validator("offer_filter")
     @classmethod
@@ -178,21 +188,6 @@ class BatchScoringConfig(dg.Config):
         if not isinstance(parsed, dict):
             raise ValueError("offer_filter must be a JSON object (a MongoDB filter)")
         return value
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, value):
-        return embeddings.check_run_id(value) if value is not None else value
-
-
-class PublishScoresConfig(dg.Config):
-    run_id: Optional[str] = Field(default=None, description="Publish this stored run's scores instead of the "
-                                  "run trained upstream's.")
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, value):
-        return embeddings.check_run_id(value) if value is not None else value
 
 
 @dg.asset(
@@ -262,7 +257,7 @@ def _eligible_offers(store, config: BatchScoringConfig, item_keys: list[str]) ->
     description="`two_tower_scores` (SPEC §6), what readers use: switched to the gated run's scores whole, once "
                 "every shard is committed, through the same journal as the runtime's embeddings.",
 )
-def published_recommendations(context: dg.AssetExecutionContext, config: PublishScoresConfig, mongo: MongoResource,
+def published_recommendations(context: dg.AssetExecutionContext, config: StoredRunConfig, mongo: MongoResource,
                               two_tower_model: TrainedRun):
     store = mongo.store()
     run_id = config.run_id or two_tower_model.run_id
