@@ -126,6 +126,37 @@ def cmd_concept_test(args) -> int:
     return 0 if answer["success"] else 1
 
 
+def cmd_serve(args) -> int:
+    import ipaddress
+    import logging
+    import socket
+
+    import uvicorn
+
+    from twotower_pipeline.serving.api import ServeSettings, create_app
+
+    api_key = args.api_key or os.environ.get("TWOTOWER_API_KEY") or None
+    try:
+        loopback = all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM))
+    except (OSError, ValueError):
+        loopback = False
+    if not loopback and not api_key:
+        raise SystemExit(f"twotower serve: binding {args.host} (not loopback) needs an API key: set TWOTOWER_API_KEY "
+                         "or pass --api-key")
+    settings = ServeSettings(
+        api_key=api_key, metric=args.metric, sidecar=args.sidecar or os.environ.get("TWOTOWER_SIDECAR") or None,
+        dagster_url=args.dagster_url or os.environ.get("TWOTOWER_DAGSTER_URL") or None,
+        campaigns=tuple(args.campaign or ()), reload_s=args.reload_seconds)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = _store()
+    print(f"twotower serve: http://{args.host}:{args.port} (MongoDB {store.describe()}; OpenAPI at /docs)",
+          flush=True)
+    uvicorn.run(create_app(store, settings), host=args.host, port=args.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from twotower_pipeline.demo import run_demo
 
@@ -167,6 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     concept.add_argument("--customer-id", required=True)
     concept.add_argument("--offers", nargs="*", help="offer names (default: the run's whole catalogue)")
     concept.set_defaults(handler=cmd_concept_test)
+
+    serve = commands.add_parser("serve", help="the runtime (/invocations, /response), the PyTorch sidecar "
+                                "(/pytorch/*) and the workbench API (/api/v1/...)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs an API key)")
+    serve.add_argument("--port", type=int, default=8010)
+    serve.add_argument("--api-key", help="required in the X-API-Key header (default: TWOTOWER_API_KEY)")
+    serve.add_argument("--metric", choices=["cosine", "dot"], default="cosine")
+    serve.add_argument("--sidecar", help="a customer without a stored vector: 'local' (this process's towers) or a "
+                       "sidecar URL (default: TWOTOWER_SIDECAR; unset: such a customer cannot be ranked)")
+    serve.add_argument("--dagster-url", help="the Dagster webserver that train and batch-score launch runs on "
+                       "(default: TWOTOWER_DAGSTER_URL, e.g. http://127.0.0.1:3000)")
+    serve.add_argument("--campaign", action="append", help="a campaign served besides the live run's predictor")
+    serve.add_argument("--reload-seconds", type=float, default=5.0, help="how often the live run is checked")
+    serve.set_defaults(handler=cmd_serve)
 
     demo = commands.add_parser("demo", help="load sample logs and materialise every asset")
     demo.set_defaults(handler=cmd_demo)

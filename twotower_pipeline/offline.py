@@ -195,3 +195,10 @@ def write_scores(store: MongoStore, run_id: str, documents: list[dict], shard_ke
     location = scores_publisher(store, all_shard_keys).run_location("scores", run_id)
     # read only whole, by the publish (one scan): no write-id index to pay for on every insert
     return SlicedCollection(store, location, indexed=False).write(documents, shard_keys, row_slices, owner=owner)
+
+
+def publish_scores(store: MongoStore, run_id: str, shard_keys, owner: dict | None = None) -> dict:
+    """Switch `two_tower_scores` to a gated run's kept scores, whole (`GateError` before the gate
+    passed; `embeddings.PublishError` when a shard is missing)."""
+    require_gate(store, run_id)
+    return scores_publisher(store, shard_keys).publish(run_id, owner=owner)

@@ -55,14 +55,35 @@ def _keys(values) -> list[str]:
     return sorted({str(v) for v in values if v is not None and str(v) != ""})
 
 
+def embedding_frame(tower: str, keys: list[str], features: pd.DataFrame,
+                    context: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows a tower embeds `keys` from: each key joined with its row of `features` (the
+    customer features or the offer matrix, keyed as stored) and typed and filled the way the
+    training frame is, with the exposure's `context` columns (price, rank, score: their documented
+    defaults when absent). The one path of the export, the refresh and the sidecar."""
+    key, other = ("customer_id", "offer") if tower == "user" else ("offer", "customer_id")
+    exposures = pd.DataFrame({key: list(keys), other: NO_KEY, "accepted": 0})
+    if context is not None:
+        for column in context.columns:
+            exposures[column] = context[column].to_numpy()
+    if tower == "user":
+        frame, _ = build_training_frame(exposures, features, pd.DataFrame(), customer_key=names.CUSTOMER_KEY)
+    else:
+        frame, _ = build_training_frame(exposures, pd.DataFrame(), features, offer_key=names.OFFER_KEY)
+    return frame
+
+
+def embed(run: TrainedRun, tower: str, frame: pd.DataFrame) -> np.ndarray:
+    """[len(frame), embedding_dim] unit vectors of `embedding_frame` rows with the run's `tower`."""
+    return run.model.user_embeddings(frame) if tower == "user" else run.model.item_embeddings(frame)
+
+
 def user_embedding_set(run: TrainedRun, customer_features: pd.DataFrame, training_frame: pd.DataFrame) -> EmbeddingSet:
     """Every customer of the feature collection and every customer seen in the window."""
     known = _keys(customer_features[names.CUSTOMER_KEY]) if len(customer_features) else []
     seen = _keys(training_frame["customer_id"]) if len(training_frame) else []
     keys = sorted(set(known) | set(seen))
-    exposures = pd.DataFrame({"customer_id": keys, "offer": NO_KEY, "accepted": 0})
-    frame, _ = build_training_frame(exposures, customer_features, pd.DataFrame(), customer_key=names.CUSTOMER_KEY)
-    vectors = run.model.user_embeddings(frame)
+    vectors = embed(run, "user", embedding_frame("user", keys, customer_features))
     return EmbeddingSet("customer_id", keys, vectors, {"customer_features": len(known), "training_window": len(seen)})
 
 
@@ -71,9 +92,7 @@ def item_embedding_set(run: TrainedRun, offer_matrix: pd.DataFrame, training_fra
     known = _keys(offer_matrix[names.OFFER_KEY]) if len(offer_matrix) else []
     seen = _keys(training_frame["offer"]) if len(training_frame) else []
     keys = sorted(set(known) | set(seen))
-    exposures = pd.DataFrame({"customer_id": NO_KEY, "offer": keys, "accepted": 0})
-    frame, _ = build_training_frame(exposures, pd.DataFrame(), offer_matrix, offer_key=names.OFFER_KEY)
-    vectors = run.model.item_embeddings(frame)
+    vectors = embed(run, "item", embedding_frame("item", keys, offer_matrix))
     return EmbeddingSet("offer", keys, vectors, {"offer_matrix": len(known), "training_window": len(seen)})
 
 

@@ -70,3 +70,34 @@ def trained_slice(mongo, store):
     assert dg.materialize(list(defs.assets), resources=resources, selection=["training_frame"], run_config={
         "ops": {"training_frame": {"config": {"predictor": traffic.logs.predictor}}}}).success
     return resources, traffic
+
+
+FAST = {"epochs": 3, "batch_size": 128, "embedding_dim": 16, "hidden": 32}
+
+
+@pytest.fixture(scope="module")
+def published_run(mongo_uri):
+    """(store, resources, traffic) of a module's own database prefix: a small simulated predictor
+    flattened, framed, trained as run `run_a` (FAST), passed through an open gate and published."""
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    store = MongoStore(mongo_uri, prefix)
+    resources = build_resources(MongoResource(uri=mongo_uri, database_prefix=prefix))
+    traffic = simulate_traffic(n_customers=200, n_offers=20, n_requests=2500, days=3, seed=7)
+    write_runtime_logs(store, traffic.logs)
+    assets = list(defs.assets)
+    tags = {"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"}
+    assert dg.materialize(assets, resources=resources, tags=tags, selection=[
+        dg.AssetKey(["logging", "ecosystemruntime_flatten"]),
+        dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
+    open_gate = {"min_ndcg_gain_over_popularity": -1.0, "min_auc": 0.0}
+    assert dg.materialize(assets, resources=resources, selection=[
+        "training_frame", "two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics"],
+        run_config={"ops": {"training_frame": {"config": {"predictor": traffic.logs.predictor}},
+                            "two_tower_model": {"config": {**FAST, "run_id": "run_a"}},
+                            "concept_test_metrics": {"config": open_gate}}}).success
+    assert dg.materialize(assets, resources=resources, selection=["runtime_embeddings"],
+                          run_config={"ops": {"runtime_embeddings": {"config": {"run_id": "run_a"}}}}).success
+    yield store, resources, traffic
+    for name in store.client.list_database_names():
+        if name.startswith(prefix):
+            store.client.drop_database(name)

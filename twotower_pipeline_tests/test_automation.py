@@ -274,6 +274,7 @@ def test_the_weekly_retrain_names_its_window_and_skips_without_a_predictor(monke
 
 def test_the_nightly_flatten_asks_for_the_day_that_just_ended():
     context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2024, 3, 6, 0, 30, tzinfo=dt.timezone.utc))
+        scheduled_execution_time=dt.datetime(2024, 3, 6, 0, 30, tzinfo=dt.timezone.utc),
+        repository_def=defs.get_repository_def())
     [request] = daily_flatten_schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-03-05"

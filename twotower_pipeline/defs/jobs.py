@@ -27,14 +27,15 @@ flatten_job = dg.define_asset_job(
     "the documents no day can hold (no readable date_log).",
 )
 
+
 # Runs shortly after midnight UTC for the day that just ended; late responses are picked up by
 # re-materialising a day (the slice is rewritten, never appended to).
-daily_flatten_schedule = dg.build_schedule_from_partitioned_job(
-    flatten_job,
-    hour_of_day=0,
-    minute_of_hour=30,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+@dg.schedule(job=flatten_job, cron_schedule="30 0 * * *", execution_timezone="UTC", name="flatten_job_schedule",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Every night at 00:30 UTC: flatten the day that just ended.")
+def daily_flatten_schedule(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=f"flatten:{day}", partition_key=day)
 
 
 class RetrainConfig(TwoTowerConfig, TrainingFrameConfig):

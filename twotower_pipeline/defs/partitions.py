@@ -8,4 +8,6 @@ import dagster as dg
 #: to your logs' first day.
 PARTITIONS_START = os.environ.get("TWOTOWER_PARTITIONS_START", "1997-09-01")
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+#: Today is a partition too (end_offset=1): its logs so far can be flattened, and flattened again
+#: once the day is over (the nightly schedule does, for the day that just ended).
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)

@@ -10,10 +10,10 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from twotower_pipeline import publishing
+from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import BatchScoringConfig, score_and_keep, score_shards
 from twotower_pipeline.defs.resources import MongoResource
-from twotower_pipeline.store import names
+from twotower_pipeline.store import embeddings, names
 from twotower_pipeline.store.slices import SlicedCollection
 
 #: A Celery broker URL (e.g. pyamqp://guest:guest@127.0.0.1:5672//): the fan-out's steps go to
@@ -46,12 +46,30 @@ def score_shard(context: dg.OpExecutionContext, config: FanoutConfig, mongo: Mon
     return {"shard": shard, "run_id": run_id, "customers": metadata["dagster/row_count"], "pid": os.getpid()}
 
 
-@dg.op(description="What the shards wrote, together.")
-def scored(context: dg.OpExecutionContext, shards: list[dict]) -> dict:
+class PublishScoresConfig(dg.Config):
+    publish: bool = Field(default=False, description="Also switch `two_tower_scores` to these scores once every "
+                          "shard is committed (otherwise publish_scores_job, or the publish sensor, does it).")
+
+
+@dg.op(description="What the shards wrote, together; published when the config says so.")
+def scored(context: dg.OpExecutionContext, config: PublishScoresConfig, mongo: MongoResource,
+           shards: list[dict]) -> dict:
     total = sum(s["customers"] for s in shards)
-    context.log.info(f"run {shards[0]['run_id']}: {total} customers scored in {len(shards)} shards, "
+    run_id = shards[0]["run_id"]
+    context.log.info(f"run {run_id}: {total} customers scored in {len(shards)} shards, "
                      f"{len({s['pid'] for s in shards})} processes")
-    return {"customers": total, "shards": len(shards)}
+    summary = {"run_id": run_id, "customers": total, "shards": len(shards), "published": False}
+    if config.publish:
+        try:
+            outcome = offline.publish_scores(mongo.store(), run_id, score_shards.get_partition_keys(),
+                                             owner={"dagster_run_id": context.run_id})
+        except (offline.GateError, embeddings.PublishError) as error:
+            raise dg.Failure(description=str(error)) from None
+        documents = outcome["report"].documents["scores"]
+        context.log_event(dg.AssetMaterialization(asset_key="published_recommendations", metadata={
+            "run_id": run_id, "dagster/row_count": documents, "fanout_run": context.run_id}))
+        summary.update(published=True, documents=documents)
+    return summary
 
 
 def _executor() -> dg.ExecutorDefinition:

@@ -262,9 +262,8 @@ def published_recommendations(context: dg.AssetExecutionContext, config: StoredR
     store = mongo.store()
     run_id = config.run_id or two_tower_model.run_id
     try:
-        offline.require_gate(store, run_id)
-        publisher = offline.scores_publisher(store, score_shards.get_partition_keys())
-        outcome = publisher.publish(run_id, owner={"dagster_run_id": context.run_id})
+        outcome = offline.publish_scores(store, run_id, score_shards.get_partition_keys(),
+                                         owner={"dagster_run_id": context.run_id})
     except (offline.GateError, embeddings.PublishError) as error:
         raise dg.Failure(description=str(error)) from None
     report = outcome["report"]

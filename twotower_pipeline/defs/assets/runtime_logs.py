@@ -85,7 +85,8 @@ class FlattenConfig(dg.Config):
             owners=OWNERS,
             kinds={"mongodb", "pandas"},
             description="One row per customer/offer exposure; `accepted` is 1 when a response accepted the offer.",
-            metadata={"partition_expr": "datetime"},
+            # the workbench API's predictor-date-bounds reads a predictor's first and last rows by it
+            metadata={"partition_expr": "datetime", "mongo_indexes": [["predictor", "datetime"]]},
             code_version="1",
         ),
         "ecosystemruntime_flatten_quarantine": dg.AssetOut(
