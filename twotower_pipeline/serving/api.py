@@ -198,6 +198,15 @@ class BatchScoreRequest(Strict):
     scores_collection: Literal["two_tower_scores"] = "two_tower_scores"
 
 
+class ErrorAnswer(BaseModel):
+    """Every 4xx/5xx answer: the reason, or for a malformed body the list of what is wrong where."""
+
+    detail: Union[str, list[dict[str, Any]]]
+
+
+ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 404, 409, 413, 422, 502, 503)}
+
+
 class ConceptTestRequest(Strict):
     run_id: Id
     customer_id: Id
@@ -359,7 +368,7 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
         finally:
             runtime.stop()
 
-    app = FastAPI(title="twotower_pipeline runtime", version="1", lifespan=lifespan, description=(
+    app = FastAPI(title="twotower_pipeline runtime", version="1", lifespan=lifespan, responses=ERRORS, description=(
         "Ranks offers with the live two-tower embeddings (SPEC §7), serves the towers (§8) and the "
         "workbench API (§9)."))
     app.state.runtime = runtime
