@@ -133,7 +133,8 @@ def test_runtime_logs_carry_context_columns_as_in_params_and_leave_missing_keys_
         "accepted": [1, 0, 0], "datetime": pd.Timestamp("2024-03-05 10:00", tz="UTC"), "price": 1.0, "score": 0.5,
         "context_hour": [7, 7, None], "context_weather": ["Rainy", "Rainy", "Sunny"],
     })
-    logs = build_runtime_logs(exposures, predictor="p", channel="web", offer_matrix=pd.DataFrame({"offer_name": ["a", "b"]}),
+    logs = build_runtime_logs(exposures, predictor="p", channel="web",
+                              offer_matrix=pd.DataFrame({"offer_name": ["a", "b"]}),
                               customer_features=pd.DataFrame({"customer_id": ["c1", "c2"]}))
     assert [d["in_params"] for d in logs.presented] == [{"hour": 7, "weather": "Rainy"}, {"weather": "Sunny"}]
     without = build_runtime_logs(exposures.drop(columns=["context_hour", "context_weather"]), predictor="p",
