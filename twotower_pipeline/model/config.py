@@ -57,6 +57,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "n_catalogue_negatives": (1, 100_000),
     "pointwise_weight": (0.0, 100.0),
     "context_dropout": (0.0, 1.0),
+    "request_context_dropout": (0.0, 1.0),
     "id_dropout": (0.0, 1.0),
     "history_dropout": (0.0, 0.99),
     "feature_dropout": (0.0, 0.99),
@@ -76,7 +77,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
     "num_threads": (0, 256),
 }
-_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "id_dropout", "validation_split",
+_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "request_context_dropout",
+           "id_dropout", "validation_split",
            "history_dropout", "feature_dropout", "weight_decay", "popularity_prior"}
 
 
@@ -107,6 +109,11 @@ class TrainingParams:
     max_vocabulary: int = 1_000_000    # most frequent values kept per column; the rest map to index 0
     max_list_length: int = 32          # multi-hot lists (e.g. genres) keep their first N entries
     context_dropout: float = 1.0       # per training row, replace price/rank/score by the export defaults
+    # the customer tower also reads the request's context (the frame's `context_<key>` columns)
+    request_context: bool = True
+    # per training row, the whole request context set to its neutral value (absent: the
+    # out-of-vocabulary code, the training mean), as exported vectors have it
+    request_context_dropout: float = 0.5
     id_dropout: float = 0.0            # per training row, replace the id by the OOV index (cold-start practice)
     # --- ours: model ---
     layers: int = 1                    # hidden MLP layers of each tower's feature part (0 = linear)
@@ -200,7 +207,7 @@ class TrainingParams:
         for name in ("user_id_column", "item_id_column", "target_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a column name")
-        for name in ("side_features", "logq_correction", "remove_accidental_hits"):
+        for name in ("side_features", "request_context", "logq_correction", "remove_accidental_hits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING),
