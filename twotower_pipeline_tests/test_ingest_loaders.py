@@ -220,6 +220,20 @@ def test_import_csv(tmp_path):
     assert r1["scoring_data"] == {"customer": "c1", "age": 31, "segment": "platinum"}
 
 
+def test_import_context_columns_are_the_requests_in_params_not_customer_features(tmp_path):
+    path = tmp_path / "context.csv"
+    weather, hour = ["Rainy", "Rainy", "", "Sunny", "Snowy"], ["9", "9", "7", "", "8"]
+    rows = [{**row, "context_weather": w, "context_hour": h} for row, w, h in zip(IMPORT_ROWS, weather, hour)]
+    _import_frame(rows).to_csv(path, index=False)
+    logs = load_exposures_file(path, predictor="imported")
+    assert "context_weather" not in logs.customer_features.columns
+    documents = sorted(logs.presented, key=lambda d: (d["api_params"]["customer"], d["date_log"]))
+    # request r1's two rows are one request with one context; empty cells are keys not sent
+    assert [d["in_params"] for d in documents] == [{"weather": "Rainy", "hour": 9}, {"weather": "Sunny"},
+                                                   {"weather": "Snowy", "hour": 8}, {"hour": 7}]
+    assert len(documents[0]["final_result"]) == 2
+
+
 def test_import_parquet_gives_the_same_documents_as_csv(tmp_path):
     frame = _import_frame()
     frame.to_csv(tmp_path / "x.csv", index=False)
