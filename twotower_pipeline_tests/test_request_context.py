@@ -35,7 +35,9 @@ def context_frame(n_customers=40, shown=16, seed=0) -> tuple[pd.DataFrame, pd.Da
                          "context_mood": mood, "context_hour": float(rng.integers(6, 23)),
                          "context_constant": "same"})
     customers = pd.DataFrame({"customer_id": [f"c{c}" for c in range(n_customers)],
-                              "segment": [f"S{c % 3}" for c in range(n_customers)]})
+                              "segment": [f"S{c % 3}" for c in range(n_customers)],
+                              "age": [20 + c for c in range(n_customers)],            # int: typed as float
+                              "region": ["" if c % 4 == 0 else f"R{c % 2}" for c in range(n_customers)]})
     return pd.DataFrame(rows), customers
 
 
@@ -119,8 +121,9 @@ def test_the_exported_vector_is_the_vector_without_a_request(trained):
     frame, customers, result = trained
     run = TrainedRun(run={"run_id": "ctx", "predictor": "p"}, model=result.model)
     exported = publishing.user_embedding_set(run, customers, frame)
-    for customer in ("c0", "c7", "c33"):
-        features = customers.set_index("customer_id").loc[customer].to_dict()
+    for customer in ("c0", "c7", "c33"):   # c0: an empty region ("unknown" in both)
+        features = {"_id": "stored", "updated_at": pd.Timestamp("2024-03-05", tz="UTC"),
+                    **customers.set_index("customer_id").loc[customer].to_dict()}
         vector = exported.vectors[exported.keys.index(customer)]
         np.testing.assert_allclose(result.model.customer_vector(customer, features, None), vector, atol=1e-6)
         np.testing.assert_allclose(result.model.customer_vector(customer, features, {}), vector, atol=1e-6)

@@ -83,6 +83,25 @@ def build_training_frame(
     return frame, stats
 
 
+def customer_row(customer_id: str, features: dict | None = None, context: dict | None = None) -> pd.DataFrame:
+    """One customer's row as the frame types it (what `build_training_frame` makes of its stored
+    feature document, without the joins: one request is served by it): `customer_id`, the features
+    (`_`-fields, `embedding` and `updated_at` left out; None/NaN values left out, so the towers
+    give them their neutral value) and the request's `context_<key>` columns."""
+    row = {"customer_id": str(customer_id)}
+    for key, value in (features or {}).items():
+        if (key in row or str(key).startswith("_") or key in ("embedding", CHANGED_AT)
+                or value is None or (isinstance(value, float) and value != value)):
+            continue
+        row[key] = value
+    frame = pd.DataFrame([{**row, **(context or {})}])
+    for column in frame.columns:
+        if column != "customer_id":
+            frame[column] = (_clean_context(frame[column]) if is_context_column(column)
+                             else _clean_feature(frame[column]))
+    return frame
+
+
 def _keyed(table: pd.DataFrame, key: str, as_name: str) -> pd.DataFrame:
     """Feature table with its key renamed to the frame's key column, one row per key (the last)."""
     if table is None or table.empty:

@@ -25,6 +25,11 @@ declines, 10 offers); `python -m benchmarks.quality` gives the README's quality 
   0.320; top-10 lists less diverse: coverage 0.23 against 0.31);
 - `context_dropout` 1.0: exported vectors are computed with the documented context defaults, so
   towers trained on the exposure's real price/rank/score would serve vectors they never learned;
+- `request_context` on, `request_context_dropout` 0.5: the customer tower reads the request's
+  `in_params` (`context_<key>` columns) and, for half the training rows, their neutral value, which
+  is what exported vectors have (coupons, three seeds: AUC 0.834 with each held-out row's context,
+  0.801 for the exported vectors, against 0.798 without any context; 0.3 and 0.7 measured within
+  0.002 of both; without the dropout 0.822 and 0.770 at seed 42);
 - `temperature` 0.2 (0.15 ranks MovieLens 0.005 better and costs the coupon AUC 0.007), `layers` 1
   (the coupon AUC needs the hidden layer), `min_epochs` 5.
 Conventional, not tuned: `feature_embedding_dim` 8, `metric_k` 10, `num_threads` 1 (2 threads were

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower_pipeline.ingest.context import context_row
-from twotower_pipeline.ingest.training_frame import build_training_frame
+from twotower_pipeline.ingest.training_frame import customer_row
 from twotower_pipeline.model.config import TrainingParams
 from twotower_pipeline.model.features import FeatureEncoder, TowerInputs
 
@@ -229,16 +229,11 @@ class TwoTowerModel(nn.Module):
         each key is the context column `context_<key>`, by the flatten's rule (`context_row`):
         keys the model was not trained on are ignored, keys it was trained on but the request lacks
         take the neutral value, and unusable values (lists, dicts, over-long text) count as absent.
-        Without `in_params` (or with `{}`) this is the exported vector of the customer (the export
-        builds its rows the same way: `publishing.user_embedding_set`). Score an offer by the dot
+        Without `in_params` (or with `{}`) this is the exported vector of the customer
+        (`publishing.user_embedding_set`: the same typing of the feature row, `customer_row`). Score an offer by the dot
         product with its exported item vector (both are unit length: the cosine)."""
-        customer_id = str(customer_id)
-        row = {k: v for k, v in (features or {}).items() if k != "customer_id" and not _missing(v)}
-        exposures = pd.DataFrame([{"customer_id": customer_id, "offer": "__export__", "accepted": 0,
-                                   **context_row(in_params)}])
-        customers = pd.DataFrame([{"customer_id": customer_id, **row}]) if row else pd.DataFrame()
-        frame, _ = build_training_frame(exposures, customers, pd.DataFrame())
-        return self.user_embeddings(frame)[0]
+        frame = customer_row(customer_id, features, context_row(in_params))
+        return self.embed_users(self.user_encoder.encode(frame))[0].numpy()
 
     def item_embeddings(self, frame: pd.DataFrame) -> np.ndarray:
         """[len(frame), embedding_dim] float32 unit vectors, one per row of `frame`."""
@@ -269,11 +264,6 @@ class TwoTowerModel(nn.Module):
         model.history_items = torch.empty_like(weights["history_items"])  # sized by the stored histories
         model.load_state_dict(weights)
         return model.eval()
-
-
-def _missing(value) -> bool:
-    """None or NaN: a stored feature without a value (the towers give it the neutral value)."""
-    return value is None or (isinstance(value, float) and value != value)
 
 
 @torch.no_grad()
