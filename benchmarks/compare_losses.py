@@ -111,7 +111,8 @@ def movielens_frame(directory=None) -> pd.DataFrame:
 
 
 def coupon_frame(path=None) -> pd.DataFrame:
-    """The UCI coupon data through the pipeline's own steps (runtime logs -> flatten -> frame)."""
+    """The UCI coupon data through the pipeline's own steps (runtime logs -> flatten -> frame); the
+    driving context travels as each request's `in_params`, so the frame has `context_<key>` columns."""
     from twotower_pipeline.ingest.coupon import load_coupons
     from twotower_pipeline.ingest.flatten import flatten_runtime_logs
     from twotower_pipeline.ingest.training_frame import build_training_frame

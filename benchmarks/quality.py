@@ -19,9 +19,13 @@ two-tower trains on the training rows through the pipeline's own frame (runtime 
 frame) and is scored by the accept/decline AUC of the cosine of the exported vectors on the
 held-out rows, against logistic regression (one-hot) and gradient-boosted trees
 (`HistGradientBoostingClassifier`, categorical) on the same rows and the same columns (the driver
-columns, coupon and expiration: what the loader keeps).
+columns, coupon and expiration), and the trees again with the driving context added (what each
+request's `in_params` carries). The two-tower is scored twice: with each held-out row's own
+request context in its customer vector (`context_<key>` columns, as a serving process would embed
+the customer for that request) and with the exported vectors (no request: the context neutral).
 
-    .venv/bin/python -m benchmarks.quality [--quick] [--json FILE]    (needs `make bench`: scikit-learn)
+    .venv/bin/python -m benchmarks.quality [--quick] [--only movielens|coupons] [--json FILE]
+    (needs `make bench`: scikit-learn)
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ ALTERNATIVES = {
     "no side features (`side_features=false`: ids and history only)": {"side_features": False},
 }
 COUPON_ALTERNATIVES = {
+    "without the request context (`request_context=false`)": {"request_context": False},
+    "no request-context dropout (`request_context_dropout=0`)": {"request_context_dropout": 0.0},
     "with the customer's history (`user_history=\"on\"`)": {"user_history": "on"},
     "catalogue softmax + 0.5 pointwise (`loss=\"mixed\"`)": {"loss": "mixed"},
 }
@@ -106,49 +112,67 @@ def coupons(quick: bool) -> list[tuple[str, float]]:
 
     from benchmarks.compare_losses import coupon_frame
     from twotower_pipeline.ingest import datasets
-    from twotower_pipeline.ingest.coupon import DRIVER_COLUMNS, PREDICTOR, read_coupons
+    from twotower_pipeline.ingest.context import context_columns
+    from twotower_pipeline.ingest.coupon import CONTEXT_NAMES, DRIVER_COLUMNS, PREDICTOR, read_coupons
     from twotower_pipeline.ingest.runtime_logs import request_uuid
 
     raw = read_coupons(datasets.find_dataset(datasets.COUPONS) / "in-vehicle-coupon-recommendation.csv")
     train_rows, test_rows = train_test_split(np.arange(len(raw)), test_size=0.2, random_state=42)
-    columns = [*DRIVER_COLUMNS, "coupon", "expiration"]
-    x, y = raw[columns].to_numpy(dtype=str), raw["accepted"].to_numpy()
+    y = raw["accepted"].to_numpy()
     rows = []
+
+    def trees_auc(columns) -> float:
+        x = raw[columns].to_numpy(dtype=str)
+        ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1).fit(x[train_rows])
+        trees = HistGradientBoostingClassifier(categorical_features=[True] * len(columns),
+                                               random_state=42).fit(ordinal.transform(x[train_rows]), y[train_rows])
+        return roc_auc_score(y[test_rows], trees.predict_proba(ordinal.transform(x[test_rows]))[:, 1])
+
+    kept = [*DRIVER_COLUMNS, "coupon", "expiration"]
+    x = raw[kept].to_numpy(dtype=str)
     onehot = OneHotEncoder(handle_unknown="ignore").fit(x[train_rows])
     logistic = LogisticRegression(max_iter=2000).fit(onehot.transform(x[train_rows]), y[train_rows])
     rows.append(("logistic regression (one-hot)", roc_auc_score(
         y[test_rows], logistic.predict_proba(onehot.transform(x[test_rows]))[:, 1])))
-    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1).fit(x[train_rows])
-    trees = HistGradientBoostingClassifier(categorical_features=[True] * len(columns),
-                                           random_state=42).fit(ordinal.transform(x[train_rows]), y[train_rows])
-    rows.append(("gradient-boosted trees (HistGradientBoostingClassifier)", roc_auc_score(
-        y[test_rows], trees.predict_proba(ordinal.transform(x[test_rows]))[:, 1])))
+    rows.append(("gradient-boosted trees (HistGradientBoostingClassifier)", trees_auc(kept)))
+    rows.append(("gradient-boosted trees with the driving context (the request's `in_params`)",
+                 trees_auc([*kept, *(c for c in CONTEXT_NAMES if c not in kept)])))
 
     frame = coupon_frame().reset_index(drop=True)
     row_of = {request_uuid(PREDICTOR, f"row{i:06d}"): i for i in range(len(raw))}
     held = np.isin(frame["uuid"].map(row_of).to_numpy(), test_rows)
     test = frame[held]
+    without_context = test.drop(columns=context_columns(test.columns))  # as exported: no request
 
-    def auc(**overrides) -> tuple[float, int]:
+    def auc(**overrides) -> tuple[float, float, int]:
+        """(AUC with each held-out row's own request context, AUC of the exported vectors, epochs)."""
         result = select_and_train(frame, TrainingParams(**overrides), held)
-        cosine = (result.model.user_embeddings(test) * result.model.item_embeddings(test)).sum(axis=1)
-        return roc_auc_score(test["accepted"], cosine), result.epochs_run
+        items = result.model.item_embeddings(test)
+        with_context = (result.model.user_embeddings(test) * items).sum(axis=1)
+        exported = (result.model.user_embeddings(without_context) * items).sum(axis=1)
+        return (roc_auc_score(test["accepted"], with_context), roc_auc_score(test["accepted"], exported),
+                result.epochs_run)
 
     seeds = SEEDS[:1] if quick else SEEDS
     runs = [auc(seed=seed) for seed in seeds]
-    values = [a for a, _ in runs]
-    spread = f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else ""
-    rows.append((f"**two-tower, defaults** (seeds {', '.join(map(str, seeds))}; epochs "
-                 f"{', '.join(str(e) for _, e in runs)}){spread}", statistics.mean(values)))
+    for name, at in (("with each held-out row's request context", 0), ("exported vectors (no request context)", 1)):
+        values = [run[at] for run in runs]
+        spread = f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else ""
+        rows.append((f"**two-tower, defaults**, {name} (seeds {', '.join(map(str, seeds))}; epochs "
+                     f"{', '.join(str(run[2]) for run in runs)}; per seed "
+                     f"{', '.join(format(v, '.3f') for v in values)}){spread}", statistics.mean(values)))
     for name, overrides in ({} if quick else COUPON_ALTERNATIVES).items():
-        rows.append((name, auc(**overrides)[0]))
+        with_context, exported, _ = auc(**overrides)
+        rows.append((f"{name} (exported vectors: {exported:.3f})", with_context))
     return rows
 
 
 def markdown(movielens_rows, coupon_rows) -> str:
-    lines = ["MovieLens 100K, implicit protocol (K = 10; ± is half the range over the seeds):", "",
-             "| model | Precision@10 | Recall@10 | NDCG@10 | MAP | coverage of top-10 lists |",
-             "|---|---|---|---|---|---|"]
+    lines = []
+    if movielens_rows:
+        lines += ["MovieLens 100K, implicit protocol (K = 10; ± is half the range over the seeds):", "",
+                  "| model | Precision@10 | Recall@10 | NDCG@10 | MAP | coverage of top-10 lists |",
+                  "|---|---|---|---|---|---|"]
     for name, values in movielens_rows:
         cells = []
         for key in RANKING:
@@ -157,9 +181,10 @@ def markdown(movielens_rows, coupon_rows) -> str:
             cells.append("—" if np.isnan(value) else f"{value:.3f}" + (
                 f" ± {spread:.3f}" if spread is not None and not np.isnan(spread) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Coupons, real declines (accept/decline AUC on the held-out 20% of the rows):", "",
-              "| model | AUC |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in coupon_rows]
+    if coupon_rows:
+        lines += ["", "Coupons, real declines (accept/decline AUC on the held-out 20% of the rows):", "",
+                  "| model | AUC |", "|---|---|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in coupon_rows]
     return "\n".join(lines)
 
 
@@ -167,10 +192,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one seed, no alternatives, no time split")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--only", choices=["movielens", "coupons"], help="one data set's table only")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    movielens_rows = movielens(args.quick)
-    coupon_rows = coupons(args.quick)
+    movielens_rows = movielens(args.quick) if args.only != "coupons" else []
+    coupon_rows = coupons(args.quick) if args.only != "movielens" else []
     print(markdown(movielens_rows, coupon_rows))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if args.json:

@@ -259,3 +259,27 @@ def test_movielens_logs_flatten_to_every_rating(mongo, store, shared_data):
     expected = {(str(u), f"movie_{i}"): int(r >= 4) for u, i, r in zip(ratings["u"], ratings["i"], ratings["r"])}
     assert dict(zip(zip(flat["customer_id"], flat["offer"]), flat["accepted"])) == expected
     assert SlicedCollection(store, names.FLATTEN_QUARANTINE).read().empty
+
+
+def test_request_context_is_kept_from_the_logs_to_the_training_frame(mongo, store):
+    _seed_logs(store)
+    store.collection(names.PRESENTED).insert_many([
+        presented("x1", customer="c1", offers=("a", "b"), in_params={"weather": "Rainy", "temperature": 55}),
+        presented("x2", customer="c2", offers=("c",), in_params={"weather": ["not", "a", "scalar"], "temperature": 80}),
+    ])
+    store.collection(names.RESPONSES).insert_one(response("x1", accepted=("b",)))
+    flattened = _flatten(mongo, tags=RANGE, run_config=LENIENT)
+    assert flattened.success
+    by_key = {m.asset_key: m.metadata for m in flattened.asset_materializations_for_node("ecosystemruntime_flatten")}
+    assert by_key[FLATTEN]["context_columns"].value == ["context_temperature", "context_weather"]
+    assert by_key[FLATTEN]["dropped_context_non_scalar"].value == 1  # the list; x2's exposure is kept
+    flat = SlicedCollection(store, names.FLATTEN).read().set_index(["uuid", "offer"])
+    assert flat.loc[("x1", "b"), "context_weather"] == "Rainy" and flat.loc[("x1", "b"), "accepted"] == 1
+    assert flat.loc[("x2", "c"), "context_temperature"] == 80 and pd.isna(flat.loc[("x2", "c"), "context_weather"])
+    assert pd.isna(flat.loc[("r1", "a"), "context_weather"])  # requests without in_params: absent
+    assert _training_frame(mongo, predictor="p1", min_accepted_rows=1).success
+    frame = SlicedCollection(store, names.TRAINING_FRAME).read().set_index(["uuid", "offer"])
+    assert frame.loc[("x1", "a"), "context_weather"] == "Rainy"
+    assert frame.loc[("x2", "c"), "context_temperature"] == 80.0
+    # absent context is not filled like a feature ("unknown", the median): the towers make it neutral
+    assert pd.isna(frame.loc[("r1", "a"), "context_weather"]) and pd.isna(frame.loc[("r1", "a"), "context_temperature"])

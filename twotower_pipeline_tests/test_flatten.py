@@ -3,9 +3,11 @@
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
 
-from twotower_pipeline.ingest.flatten import REASONS, flatten_runtime_logs, parse_utc
+from twotower_pipeline.ingest.context import DROP_REASONS, MAX_KEYS, MAX_TEXT_LENGTH
+from twotower_pipeline.ingest.flatten import EXPOSURE_COLUMNS, REASONS, flatten_runtime_logs, parse_utc
 from twotower_pipeline_tests.runtime_docs import DAY, WINDOW, presented, response
 
 
@@ -153,3 +155,58 @@ def test_parse_utc():
     assert parse_utc("2024-03-05T10:00:00Z")[0] == DAY + dt.timedelta(hours=10)
     assert parse_utc("2024-03-05T10:00:00") == (None, "naive_datetime")
     assert parse_utc(12345) == (None, "naive_datetime")
+
+
+def test_request_context_becomes_context_columns_on_every_exposure_of_the_request():
+    result = flat([
+        presented("r1", in_params={"weather": "Sunny", "temperature": 55, "alone": True}),
+        presented("r2", customer="c2", offers=("b",), in_params={"weather": "Rainy"}),
+        presented("r3", customer="c3", offers=("c",)),
+        presented("r4", customer="c4", offers=("a",), api_params={"customer": "c4", "in_params": {"weather": "Snowy"}}),
+    ], [response("r1", accepted=("a",))])
+    frame = result.exposures.set_index(["uuid", "offer"])
+    assert [c for c in frame.columns if c.startswith("context_")] == [
+        "context_alone", "context_temperature", "context_weather"]
+    weather = frame["context_weather"]
+    assert weather.fillna("-").tolist() == ["Sunny"] * 3 + ["Rainy", "-", "Snowy"]
+    assert frame.loc[("r1", "b"), "context_temperature"] == 55
+    assert pd.isna(frame.loc[("r2", "b"), "context_temperature"])
+    assert frame.loc[("r1", "c"), "context_alone"] == True  # noqa: E712 (a numpy or Python bool)
+    assert result.counts["quarantined"] == 0 and result.rejected_share == 0.0
+
+
+def test_documents_without_context_keep_the_documented_columns_only():
+    result = flat([presented("r1")])
+    assert list(result.exposures.columns) == list(EXPOSURE_COLUMNS)
+    assert all(result.counts[f"dropped_context_{r}"] == 0 for r in DROP_REASONS)
+
+
+@pytest.mark.parametrize(
+    "in_params, reason, kept",
+    [
+        ("sunny", "malformed", {}),
+        ([1, 2], "malformed", {}),
+        ({"weather": {"sky": "blue"}, "hour": 7}, "non_scalar", {"context_hour": 7}),
+        ({"weather": ["a"], "hour": 7}, "non_scalar", {"context_hour": 7}),
+        ({"when": dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc), "hour": 7}, "non_scalar", {"context_hour": 7}),
+        ({"note": "x" * (MAX_TEXT_LENGTH + 1), "hour": 7}, "too_long", {"context_hour": 7}),
+        ({"a.b": 1, "$x": 2, "": 3, "hour": 7}, "bad_key", {"context_hour": 7}),
+        ({f"k{i:02d}": i for i in range(MAX_KEYS + 2)}, "too_many",
+         {f"context_k{i:02d}": i for i in range(MAX_KEYS)}),
+    ],
+)
+def test_dirty_context_values_are_dropped_and_counted_and_the_exposures_kept(in_params, reason, kept):
+    result = flat([presented("ok"), presented("r9", customer="c9", offers=("a", "b"), in_params=in_params)],
+                  [response("r9", accepted=("b",))])
+    assert result.counts[f"dropped_context_{reason}"] >= 1
+    assert result.counts["quarantined"] == 0 and result.rejected_share == 0.0
+    frame = result.exposures[result.exposures["uuid"] == "r9"]
+    assert frame["accepted"].tolist() == [0, 1]
+    row = {c: v for c, v in frame.iloc[0].items() if c.startswith("context_") and not pd.isna(v)}
+    assert row == kept
+
+
+def test_none_and_nan_context_values_are_absent_keys_not_dropped_ones():
+    result = flat([presented("r1", in_params={"weather": None, "temperature": float("nan"), "hour": 7})])
+    assert [c for c in result.exposures.columns if c.startswith("context_")] == ["context_hour"]
+    assert sum(result.counts[f"dropped_context_{r}"] for r in DROP_REASONS) == 0

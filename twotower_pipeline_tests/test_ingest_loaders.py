@@ -11,6 +11,7 @@ import pytest
 
 from twotower_pipeline.ingest import coupon
 from twotower_pipeline.ingest.importer import ImportFileError, load_exposures_file
+from twotower_pipeline.ingest.runtime_logs import build_runtime_logs
 from twotower_pipeline.ingest.simulator import simulate_exposures, simulate_traffic, simulate_world
 
 UTC = dt.timezone.utc
@@ -113,6 +114,35 @@ def _coupon_csv(path, label="Y", drop=()):
     return path
 
 
+def test_coupon_requests_carry_the_driving_context_as_in_params(tmp_path):
+    logs = coupon.load_coupons(_coupon_csv(tmp_path / "context.csv"))
+    first, second = logs.presented[0]["in_params"], logs.presented[1]["in_params"]
+    assert first == {"destination": "No Urgent Place", "passenger": "Alone", "weather": "Sunny", "temperature": 55,
+                     "time": "2PM", "to_coupon_geq5min": 1, "to_coupon_geq15min": 0, "to_coupon_geq25min": 0,
+                     "direction_same": 0, "direction_opp": 1}
+    assert second["time"] == "7AM" and type(second["temperature"]) is int
+    assert logs.responses[0]["response_log"]["in_params"] == first  # the response logs the request as presented
+    # a copy of the data without the context columns loads too, its requests without them
+    bare = coupon.load_coupons(_coupon_csv(tmp_path / "bare.csv", drop=("weather", "passanger")))
+    assert "weather" not in bare.presented[0]["in_params"] and bare.presented[0]["in_params"]["destination"]
+
+
+def test_runtime_logs_carry_context_columns_as_in_params_and_leave_missing_keys_out():
+    exposures = pd.DataFrame({
+        "request": ["q1", "q1", "q2"], "customer_id": ["c1", "c1", "c2"], "offer": ["a", "b", "a"],
+        "accepted": [1, 0, 0], "datetime": pd.Timestamp("2024-03-05 10:00", tz="UTC"), "price": 1.0, "score": 0.5,
+        "context_hour": [7, 7, None], "context_weather": ["Rainy", "Rainy", "Sunny"],
+    })
+    logs = build_runtime_logs(exposures, predictor="p", channel="web",
+                              offer_matrix=pd.DataFrame({"offer_name": ["a", "b"]}),
+                              customer_features=pd.DataFrame({"customer_id": ["c1", "c2"]}))
+    assert [d["in_params"] for d in logs.presented] == [{"hour": 7, "weather": "Rainy"}, {"weather": "Sunny"}]
+    without = build_runtime_logs(exposures.drop(columns=["context_hour", "context_weather"]), predictor="p",
+                                 channel="web", offer_matrix=pd.DataFrame({"offer_name": ["a", "b"]}),
+                                 customer_features=pd.DataFrame({"customer_id": ["c1", "c2"]}))
+    assert all("in_params" not in d for d in without.presented)
+
+
 def test_coupon_label_may_be_named_Y_or_class(tmp_path):
     for label in ("Y", "class"):
         logs = coupon.load_coupons(_coupon_csv(tmp_path / f"{label}.csv", label=label))
@@ -188,6 +218,20 @@ def test_import_csv(tmp_path):
     assert features.loc["c1", "segment"] == "platinum" and features.loc["c1", "age"] == 31
     assert features.loc["c2", "segment"] == "silver" and pd.isna(features.loc["c2", "age"])
     assert r1["scoring_data"] == {"customer": "c1", "age": 31, "segment": "platinum"}
+
+
+def test_import_context_columns_are_the_requests_in_params_not_customer_features(tmp_path):
+    path = tmp_path / "context.csv"
+    weather, hour = ["Rainy", "Rainy", "", "Sunny", "Snowy"], ["9", "9", "7", "", "8"]
+    rows = [{**row, "context_weather": w, "context_hour": h} for row, w, h in zip(IMPORT_ROWS, weather, hour)]
+    _import_frame(rows).to_csv(path, index=False)
+    logs = load_exposures_file(path, predictor="imported")
+    assert "context_weather" not in logs.customer_features.columns
+    documents = sorted(logs.presented, key=lambda d: (d["api_params"]["customer"], d["date_log"]))
+    # request r1's two rows are one request with one context; empty cells are keys not sent
+    assert [d["in_params"] for d in documents] == [{"weather": "Rainy", "hour": 9}, {"weather": "Sunny"},
+                                                   {"weather": "Snowy", "hour": 8}, {"hour": 7}]
+    assert len(documents[0]["final_result"]) == 2
 
 
 def test_import_parquet_gives_the_same_documents_as_csv(tmp_path):

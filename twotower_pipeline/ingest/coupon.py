@@ -17,8 +17,11 @@ Three things are derived, because the data does not have them:
   runtime `score` is a constant 0.5: the survey had no recommender, and a per-offer accept rate
   would put the label into an item feature.
 
-The driving context (destination, passenger, weather, temperature, distance, direction) has no
-place in an exposures table and is not carried into the logs.
+The driving context is the request's context: each request's `in_params` carries it as the
+runtime would have received it (`CONTEXT_NAMES`: destination, passenger, weather, temperature,
+time of day, the distance flags `to_coupon_geq5min` / `15min` / `25min` and `direction_same` /
+`direction_opp`; the flags and the temperature as integers, the rest as the survey's text), and
+the flatten keeps it as `context_<key>` exposure columns.
 Source: UCI ML Repository dataset 603, Wang et al. (JMLR 2017), CC BY 4.0.
 """
 
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.ingest.context import context_column
 from twotower_pipeline.ingest.runtime_logs import RuntimeLogs, build_runtime_logs
 
 PREDICTOR = "coupon_recommender"
@@ -44,6 +48,15 @@ DRIVER_COLUMNS = (
     "gender", "age", "maritalStatus", "has_children", "education", "occupation", "income", "car",
     "Bar", "CoffeeHouse", "CarryAway", "RestaurantLessThan20", "Restaurant20To50",
 )
+#: The driving context (CSV column -> `in_params` key), logged with each request.
+CONTEXT_NAMES = {
+    "destination": "destination", "passanger": "passenger", "weather": "weather", "temperature": "temperature",
+    "time": "time", "toCoupon_GEQ5min": "to_coupon_geq5min", "toCoupon_GEQ15min": "to_coupon_geq15min",
+    "toCoupon_GEQ25min": "to_coupon_geq25min", "direction_same": "direction_same", "direction_opp": "direction_opp",
+}
+#: Context values that are integers in a request (the others are text).
+NUMERIC_CONTEXT = ("temperature", "toCoupon_GEQ5min", "toCoupon_GEQ15min", "toCoupon_GEQ25min", "direction_same",
+                   "direction_opp")
 REQUIRED_COLUMNS = ("coupon", "expiration", "time", *DRIVER_COLUMNS)
 #: Synthetic face value of each coupon type (the data has no prices).
 COUPON_PRICES = {
@@ -160,6 +173,13 @@ def load_coupons(path: str | Path, *, predictor: str = PREDICTOR) -> RuntimeLogs
             "score": SCORE,
         }
     )
+    for column, key in CONTEXT_NAMES.items():
+        if column not in frame.columns:  # an older copy of the data without it: not sent
+            continue
+        values = frame[column].str.strip()
+        if column in NUMERIC_CONTEXT:
+            values = pd.to_numeric(values, errors="coerce").astype("Int64")
+        exposures[context_column(key)] = values.where(values != "", None) if column not in NUMERIC_CONTEXT else values
     return build_runtime_logs(
         exposures, predictor=predictor, channel=CHANNEL, offer_matrix=offer_matrix,
         customer_features=customer_features, response_delay=dt.timedelta(seconds=20),

@@ -4,6 +4,11 @@ Each presented document's `final_result` is unwound; `accepted` is 1 where a res
 same `uuid` lists that offer (by `offer_name` or `offer`). Real logs are dirty, so every document
 or exposure that cannot be trusted is set aside with a reason instead of being guessed at: the
 good rows go on, the rejected ones stay inspectable in the quarantine collection.
+
+The request's context (`in_params`, see `ingest.context`) becomes one column per key,
+`context_<key>`, on every exposure of the request (absent keys: None). A context value that cannot
+be a feature (not a scalar, too long, a bad key) is dropped and counted
+(`dropped_context_<reason>`), never a reason to set the exposure aside.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from twotower_pipeline.ingest.context import DROP_REASONS, context_values
 from twotower_pipeline.store import names
 from twotower_pipeline.store.frames import chunked
 
@@ -150,6 +156,14 @@ def _accepted_offers(response: dict) -> list[str] | None:
     return keys
 
 
+def _in_params(doc: dict):
+    """The request's context as logged: `in_params`, or `api_params.in_params` where a runtime nests it."""
+    if "in_params" in doc:
+        return doc["in_params"]
+    api_params = doc.get("api_params")
+    return api_params.get("in_params") if isinstance(api_params, dict) else None
+
+
 def document_copy(doc: dict) -> str:
     """The raw document as JSON text, so any shape can be stored and read back for inspection."""
     return json.dumps(doc, default=str, sort_keys=True)
@@ -174,6 +188,7 @@ def flatten_runtime_logs(
     earlier_uuids = earlier_uuids or {}
     counts: Counter = Counter({"presented": 0, "responses": 0})
     rows: dict[str, list] = {c: [] for c in EXPOSURE_COLUMNS}
+    contexts: list[dict] = []  # per exposure row, its request's context columns
     quarantine: list[dict] = []
     rows_by_reason: dict[tuple[int, str], dict] = {}
     stored: set[int] = set()
@@ -253,6 +268,9 @@ def flatten_runtime_logs(
             continue
         api_params = doc.get("api_params") if isinstance(doc.get("api_params"), dict) else {}
         channel = api_params.get("channel")
+        context, dropped = context_values(_in_params(doc))
+        for why, n in dropped.items():
+            counts[f"dropped_context_{why}"] += n
         shown: set[str] = set()
         for position, entry in enumerate(final_result, start=1):
             result = entry.get("result") if isinstance(entry, dict) else None
@@ -295,6 +313,7 @@ def flatten_runtime_logs(
             rows["rank"].append(rank)
             rows["score"].append(score)
             rows["datetime"].append(when)
+            contexts.append(context)
         shown_by_uuid[request_id] = (shown, when)
 
     # Responses: mark accepted exposures; anything accepted that was never shown is set aside.
@@ -353,6 +372,7 @@ def flatten_runtime_logs(
     exposures = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
     exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64"})
     exposures["datetime"] = pd.to_datetime(exposures["datetime"], utc=True)
+    exposures = _with_context(exposures, contexts)
     quarantined = pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS))
     quarantined["datetime"] = pd.to_datetime(quarantined["datetime"], utc=True)
     quarantined["items"] = quarantined["items"].astype("int64")
@@ -361,7 +381,18 @@ def flatten_runtime_logs(
     counts["quarantined"] = len(quarantined)
     for reason in REASONS:
         counts.setdefault(f"rejected_{reason}", 0)
+    for reason in DROP_REASONS:
+        counts.setdefault(f"dropped_context_{reason}", 0)
     return FlattenResult(exposures, quarantined, dict(counts))
+
+
+def _with_context(exposures: pd.DataFrame, contexts: list[dict]) -> pd.DataFrame:
+    """The exposures with one `context_<key>` column per key any request sent (sorted by name)."""
+    names_seen = sorted({column for context in contexts for column in context})
+    if not names_seen:
+        return exposures
+    columns = {name: [context.get(name) for context in contexts] for name in names_seen}
+    return pd.concat([exposures, pd.DataFrame(columns, index=exposures.index)], axis=1)
 
 
 @dataclasses.dataclass

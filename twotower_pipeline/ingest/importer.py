@@ -5,6 +5,8 @@ true/false and yes/no) and `timestamp` (ISO 8601 with a UTC offset or `Z`, or ep
 time without a timezone is refused rather than guessed). Optional: `price` and `score` (numeric;
 an absent column or empty cell is 0.0) and `request_id` (rows sharing one are one request, shown
 in timestamp then file order; without it, or where it is empty, each row is its own request).
+A column named `context_<key>` is the request's context: the request's `in_params[key]` (its
+first row's value; numbers when every non-empty cell is one, an empty cell is a key not sent).
 Every other column is a customer feature, taken from the customer's latest row.
 
 The whole file is validated before anything is built: the first problem found raises
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.ingest.context import is_context_column
 from twotower_pipeline.ingest.runtime_logs import RuntimeLogs, build_runtime_logs
 
 REQUIRED = ("customer_id", "offer", "accepted", "timestamp")
@@ -252,7 +255,9 @@ def read_exposures_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     features = pd.DataFrame({"customer_id": customer.astype(str), _LINE: line.astype(int)}, index=frame.index)
     for column in frame.columns:
-        if column not in REQUIRED + OPTIONAL:
+        if is_context_column(column):
+            table[column] = _feature_column(frame[column]).to_numpy(dtype=object)
+        elif column not in REQUIRED + OPTIONAL:
             features[column] = _feature_column(frame[column])
     return table.reset_index(drop=True), features.reset_index(drop=True)
 

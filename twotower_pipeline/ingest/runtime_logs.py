@@ -13,6 +13,7 @@ import uuid as uuid_lib
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.ingest.context import CONTEXT_PREFIX, context_columns
 from twotower_pipeline.ingest.training_frame import CHANGED_AT
 from twotower_pipeline.store import names
 from twotower_pipeline.store.frames import INSERT_BATCH, chunked, ensure_indexes, frame_to_documents, plain_value
@@ -60,6 +61,8 @@ def build_runtime_logs(
     together, in display order), ``customer_id``, ``offer``, ``accepted`` (0/1), ``datetime``
     (tz-aware UTC), ``price`` and ``score``. The customer's row in ``customer_features`` becomes
     the request's ``scoring_data``; offers are looked up in ``offer_matrix`` by ``offer_key``.
+    Columns named ``context_<key>`` are the request's context: the request's first row gives its
+    ``in_params`` ``{key: value}`` (missing values left out), as the runtime logs the request.
     """
     missing = [c for c in EXPOSURE_COLUMNS if c not in exposures.columns]
     if missing:
@@ -87,6 +90,7 @@ def build_runtime_logs(
     starts = np.flatnonzero(np.r_[True, request_keys[1:] != request_keys[:-1]])
     ends = np.r_[starts[1:], len(request_keys)]
     cols = {c: exposures[c].to_numpy() for c in EXPOSURE_COLUMNS}
+    context = {c[len(CONTEXT_PREFIX):]: exposures[c].to_numpy(dtype=object) for c in context_columns(exposures.columns)}
     for start, end in zip(starts, ends):
         customer = str(cols["customer_id"][start])
         when = pd.Timestamp(cols["datetime"][start]).to_pydatetime()
@@ -120,6 +124,9 @@ def build_runtime_logs(
             "final_result": final_result,
             "scoring_data": {"customer": customer, **feature_rows.get(customer, {})},
         }
+        if context:
+            doc["in_params"] = {key: plain_value(values[start]) for key, values in context.items()
+                                if plain_value(values[start]) is not None}
         presented.append(doc)
         if accepted_offers:
             responses.append(

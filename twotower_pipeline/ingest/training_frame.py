@@ -3,11 +3,17 @@
 The frame is what training reads, so it is typed and has no gaps: keys are strings, the target
 is 0/1, absent context features take the documented defaults (price 0.0, rank 1.0, score 0.0),
 missing numeric features take the column median and missing categories become "unknown".
+The request's context columns (`context_<key>`, see `ingest.context`) are kept as they came, typed
+(numbers as floats, anything else as text) but not filled: a request that did not send a key has
+no value there, and the customer tower gives it the neutral value, as at export time.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from twotower_pipeline.ingest.context import context_columns, is_context_column
 
 CONTEXT_DEFAULTS = {"price": 0.0, "rank": 1.0, "score": 0.0}
 KEY_COLUMNS = ("customer_id", "offer")
@@ -61,7 +67,8 @@ def build_training_frame(
     for column in frame.columns:
         if column in protected:
             continue
-        frame[column] = _clean_feature(frame[column])
+        frame[column] = _clean_context(frame[column]) if is_context_column(column) else _clean_feature(frame[column])
+    stats["context_columns"] = context_columns(frame.columns)
 
     stats.update(
         rows=len(frame),
@@ -76,6 +83,25 @@ def build_training_frame(
     return frame, stats
 
 
+def customer_row(customer_id: str, features: dict | None = None, context: dict | None = None) -> pd.DataFrame:
+    """One customer's row as the frame types it (what `build_training_frame` makes of its stored
+    feature document, without the joins: one request is served by it): `customer_id`, the features
+    (`_`-fields, `embedding` and `updated_at` left out; None/NaN values left out, so the towers
+    give them their neutral value) and the request's `context_<key>` columns."""
+    row = {"customer_id": str(customer_id)}
+    for key, value in (features or {}).items():
+        if (key in row or str(key).startswith("_") or key in ("embedding", CHANGED_AT)
+                or value is None or (isinstance(value, float) and value != value)):
+            continue
+        row[key] = value
+    frame = pd.DataFrame([{**row, **(context or {})}])
+    for column in frame.columns:
+        if column != "customer_id":
+            frame[column] = (_clean_context(frame[column]) if is_context_column(column)
+                             else _clean_feature(frame[column]))
+    return frame
+
+
 def _keyed(table: pd.DataFrame, key: str, as_name: str) -> pd.DataFrame:
     """Feature table with its key renamed to the frame's key column, one row per key (the last)."""
     if table is None or table.empty:
@@ -86,6 +112,17 @@ def _keyed(table: pd.DataFrame, key: str, as_name: str) -> pd.DataFrame:
     table = table.drop(columns=internal).rename(columns={key: as_name})
     table[as_name] = table[as_name].astype(str)
     return table.drop_duplicates(as_name, keep="last")
+
+
+def _clean_context(values: pd.Series) -> pd.Series:
+    """A request-context column: numbers (and booleans) as float64, anything else as text; missing
+    values (and empty text) stay missing."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    present = values.notna() & (values.astype(str).str.strip() != "")
+    if present.any() and all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in values[present]):
+        return pd.to_numeric(values.where(present).astype(object), errors="coerce").astype("float64")
+    return values.where(present).map(lambda v: v if v is None or v != v else str(v)).astype(object)
 
 
 def _clean_feature(values: pd.Series) -> pd.Series:

@@ -25,6 +25,11 @@ declines, 10 offers); `python -m benchmarks.quality` gives the README's quality 
   0.320; top-10 lists less diverse: coverage 0.23 against 0.31);
 - `context_dropout` 1.0: exported vectors are computed with the documented context defaults, so
   towers trained on the exposure's real price/rank/score would serve vectors they never learned;
+- `request_context` on, `request_context_dropout` 0.5: the customer tower reads the request's
+  `in_params` (`context_<key>` columns) and, for half the training rows, their neutral value, which
+  is what exported vectors have (coupons, three seeds: AUC 0.834 with each held-out row's context,
+  0.801 for the exported vectors, against 0.798 without any context; 0.3 and 0.7 measured within
+  0.002 of both; without the dropout 0.822 and 0.770 at seed 42);
 - `temperature` 0.2 (0.15 ranks MovieLens 0.005 better and costs the coupon AUC 0.007), `layers` 1
   (the coupon AUC needs the hidden layer), `min_epochs` 5.
 Conventional, not tuned: `feature_embedding_dim` 8, `metric_k` 10, `num_threads` 1 (2 threads were
@@ -57,6 +62,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "n_catalogue_negatives": (1, 100_000),
     "pointwise_weight": (0.0, 100.0),
     "context_dropout": (0.0, 1.0),
+    "request_context_dropout": (0.0, 1.0),
     "id_dropout": (0.0, 1.0),
     "history_dropout": (0.0, 0.99),
     "feature_dropout": (0.0, 0.99),
@@ -76,7 +82,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
     "num_threads": (0, 256),
 }
-_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "id_dropout", "validation_split",
+_FLOATS = {"learning_rate", "temperature", "pointwise_weight", "context_dropout", "request_context_dropout",
+           "id_dropout", "validation_split",
            "history_dropout", "feature_dropout", "weight_decay", "popularity_prior"}
 
 
@@ -107,6 +114,11 @@ class TrainingParams:
     max_vocabulary: int = 1_000_000    # most frequent values kept per column; the rest map to index 0
     max_list_length: int = 32          # multi-hot lists (e.g. genres) keep their first N entries
     context_dropout: float = 1.0       # per training row, replace price/rank/score by the export defaults
+    # the customer tower also reads the request's context (the frame's `context_<key>` columns)
+    request_context: bool = True
+    # per training row, the whole request context set to its neutral value (absent: the
+    # out-of-vocabulary code, the training mean), as exported vectors have it
+    request_context_dropout: float = 0.5
     id_dropout: float = 0.0            # per training row, replace the id by the OOV index (cold-start practice)
     # --- ours: model ---
     layers: int = 1                    # hidden MLP layers of each tower's feature part (0 = linear)
@@ -200,7 +212,7 @@ class TrainingParams:
         for name in ("user_id_column", "item_id_column", "target_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a column name")
-        for name in ("side_features", "logq_correction", "remove_accidental_hits"):
+        for name in ("side_features", "request_context", "logq_correction", "remove_accidental_hits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING),

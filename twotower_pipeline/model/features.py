@@ -10,8 +10,12 @@ Four kinds of input, decided per column when fitting:
 Context features (price, rank, score) absent from a frame take the documented defaults
 (0.0, 1.0, 0.0), and always do when the encoder is `pinned_context` (a model trained with
 context_dropout 1.0 never saw other values); any other feature absent at inference takes its
-neutral value (index 0, the training mean, an empty list). Encoding is vectorised: pandas
-categorical codes and numpy, no per-row Python. The fitted encoder serialises to a JSON-able dict.
+neutral value (index 0, the training mean, an empty list). The request's context columns
+(`context_<key>`, from the request's `in_params`) are categorical or numeric like any column, and
+may have missing values: a missing or absent context value, and a value not seen in training,
+takes the neutral value (index 0, the training mean), which is also what an exported vector (no
+request) has. Encoding is vectorised: pandas categorical codes and numpy, no per-row Python. The
+fitted encoder serialises to a JSON-able dict.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_pipeline.ingest.context import is_context_column
 from twotower_pipeline.ingest.training_frame import BOOKKEEPING_COLUMNS, CONTEXT_DEFAULTS
 
 KINDS = ("id", "categorical", "numeric", "multi_hot")
@@ -72,9 +77,11 @@ class FeatureEncoder:
             if kind == "id":
                 enc.id_vocabulary = _vocabulary(values.astype(str), min_frequency, max_vocabulary)
             elif kind == "categorical":
-                enc.categorical[column] = _vocabulary(values.astype(str), min_frequency, max_vocabulary)
+                # missing values (request context only: the frame fills every other column) are no category
+                enc.categorical[column] = _vocabulary(values.dropna().astype(str), min_frequency, max_vocabulary)
             elif kind == "numeric":
                 x = values.to_numpy(dtype=np.float64)
+                x = x[~np.isnan(x)]
                 std = float(x.std()) if len(x) else 1.0
                 enc.numeric[column] = (float(x.mean()) if len(x) else 0.0, std if std > 1e-12 else 1.0)
             elif kind == "multi_hot":
@@ -110,6 +117,16 @@ class FeatureEncoder:
             for column, vocab in self.multi_hot.items()
         )
         return TowerInputs(torch.from_numpy(ids), torch.from_numpy(cats), torch.from_numpy(nums), bags)
+
+    def request_context_slots(self) -> tuple[list[int], list[int]]:
+        """(positions in `categorical`, positions in `numeric`) of the request-context columns:
+        their neutral value is code 0, resp. the standardised training mean 0."""
+        return ([j for j, c in enumerate(self.categorical) if is_context_column(c)],
+                [j for j, c in enumerate(self.numeric) if is_context_column(c)])
+
+    @property
+    def request_context_columns(self) -> list[str]:
+        return [c for c in self.columns if is_context_column(c)]
 
     def context_defaults(self) -> tuple[list[int], torch.Tensor]:
         """(positions in `numeric`, standardised default values) of the context columns present."""
@@ -170,12 +187,13 @@ def column_kind(values: pd.Series, categorical: bool = False) -> str | None:
 def side_feature_columns(frame: pd.DataFrame, *, user_id_column: str, item_id_column: str,
                          target_column: str, exclude=()) -> tuple[list[str], list[str]]:
     """(customer attribute columns, offer attribute columns): the frame's other usable columns that
-    its customer key, resp. offer key, determines (one value per key). Context, bookkeeping, target
-    and key columns are never side features; a column constant over the whole frame carries nothing."""
+    its customer key, resp. offer key, determines (one value per key). Context (price, rank, score
+    and the request's `context_<key>`), bookkeeping, target and key columns are never side features;
+    a column constant over the whole frame carries nothing."""
     skip = {user_id_column, item_id_column, target_column, *CONTEXT_DEFAULTS, *BOOKKEEPING_COLUMNS, *exclude}
     user_side, item_side = [], []
     for column in frame.columns:
-        if column in skip or column_kind(frame[column]) is None:
+        if column in skip or is_context_column(column) or column_kind(frame[column]) is None:
             continue
         values = frame[column]
         if column_kind(values) == "multi_hot":
@@ -190,6 +208,13 @@ def side_feature_columns(frame: pd.DataFrame, *, user_id_column: str, item_id_co
     return user_side, item_side
 
 
+def request_context_columns(frame: pd.DataFrame, exclude=()) -> list[str]:
+    """The frame's request-context columns (`context_<key>`) the customer tower can read: a usable
+    dtype and more than one value (missing counts as one: present against absent is information)."""
+    return [c for c in frame.columns if is_context_column(c) and c not in set(exclude)
+            and column_kind(frame[c]) in ("categorical", "numeric") and frame[c].nunique(dropna=False) > 1]
+
+
 def _vocabulary(values: pd.Series, min_frequency: int, max_vocabulary: int) -> list[str]:
     """Values by descending frequency (ties by value, so fitting is deterministic); index i+1."""
     counts = values.value_counts(sort=False)
@@ -202,7 +227,7 @@ def _vocabulary(values: pd.Series, min_frequency: int, max_vocabulary: int) -> l
 def _codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
     """Index of each value in `vocabulary` plus one; 0 for unseen or missing values."""
     if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
-        values = values.astype(str)
+        values = values.astype(str).where(values.notna())  # missing stays missing: code 0
     return pd.Categorical(values, categories=vocabulary).codes.astype(np.int64) + 1
 
 

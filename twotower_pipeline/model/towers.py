@@ -14,6 +14,11 @@ The MLP reads [categorical embeddings | standardised numerics | multi-hot mean e
 of every embedding starts at zero, and an unseen customer has no history, so an unseen customer or
 offer is placed by its other features alone.
 
+The customer tower may also read the request's context (`context_<key>` columns from the request's
+`in_params`); without a request (exported vectors) it takes the neutral value.
+`TwoTowerModel.customer_vector` embeds one customer with a request's `in_params` (what a serving
+process calls).
+
 `TwoTowerModel` holds both towers, the customers' histories (as buffers) and the fitted encoders;
 it stores as (JSON config, weights saved with torch.save(state_dict)) and loads with
 torch.load(weights_only=True): never a pickle.
@@ -30,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twotower_pipeline.ingest.context import context_row
+from twotower_pipeline.ingest.training_frame import customer_row
 from twotower_pipeline.model.config import TrainingParams
 from twotower_pipeline.model.features import FeatureEncoder, TowerInputs
 
@@ -205,8 +212,28 @@ class TwoTowerModel(nn.Module):
 
     # --- inference ---------------------------------------------------------------------------
     def user_embeddings(self, frame: pd.DataFrame) -> np.ndarray:
-        """[len(frame), embedding_dim] float32 unit vectors, one per row of `frame`."""
+        """[len(frame), embedding_dim] float32 unit vectors, one per row of `frame`: the customer key
+        column, the feature columns and, where a request is being served, its `context_<key>`
+        columns (`ingest.context.context_row(in_params)`). Columns the towers were not trained on are
+        ignored; absent ones take their neutral value (absent context: what exported vectors have)."""
         return self.embed_users(self.user_encoder.encode(frame.reset_index(drop=True))).numpy()
+
+    def customer_vector(self, customer_id: str, features: dict | None = None,
+                        in_params: dict | None = None) -> np.ndarray:
+        """The unit customer vector [embedding_dim] (float32) of one customer for one request.
+
+        `features`: the customer's stored feature document (`recommender_demos.customer_features`,
+        keyed by `customer_id`; `_id`, `updated_at` and `_`-fields are ignored), empty or None for a
+        cold-start customer (then the vector comes from what is known: no history, neutral
+        features, the context). `in_params`: the request's `in_params` (SPEC §7) as it was sent;
+        each key is the context column `context_<key>`, by the flatten's rule (`context_row`):
+        keys the model was not trained on are ignored, keys it was trained on but the request lacks
+        take the neutral value, and unusable values (lists, dicts, over-long text) count as absent.
+        Without `in_params` (or with `{}`) this is the exported vector of the customer
+        (`publishing.user_embedding_set`: the same typing of the feature row, `customer_row`). Score an offer by the dot
+        product with its exported item vector (both are unit length: the cosine)."""
+        frame = customer_row(customer_id, features, context_row(in_params))
+        return self.embed_users(self.user_encoder.encode(frame))[0].numpy()
 
     def item_embeddings(self, frame: pd.DataFrame) -> np.ndarray:
         """[len(frame), embedding_dim] float32 unit vectors, one per row of `frame`."""

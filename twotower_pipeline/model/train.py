@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_pipeline.ingest.context import is_context_column
 from twotower_pipeline.ingest.training_frame import CONTEXT_DEFAULTS
 from twotower_pipeline.model import evaluation, losses
 from twotower_pipeline.model.config import TrainingParams
-from twotower_pipeline.model.features import FeatureEncoder, TowerInputs, side_feature_columns
+from twotower_pipeline.model.features import (FeatureEncoder, TowerInputs, request_context_columns,
+                                              side_feature_columns)
 from twotower_pipeline.model.towers import TwoTowerModel
 
 Log = Callable[[str], None]
@@ -91,7 +93,8 @@ class TrainingResult:
 
 # --- pre-checks ------------------------------------------------------------------------------------
 def feature_columns(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[str], list[str]]:
-    """(user tower columns, item tower columns): the named features, plus the side features when on."""
+    """(user tower columns, item tower columns): the named features, plus the side features when on,
+    plus the request's context columns (`context_<key>`) in the user tower when `request_context`."""
     user, item = list(params.user_features), list(params.item_features)
     if params.side_features:
         side_user, side_item = side_feature_columns(
@@ -99,6 +102,8 @@ def feature_columns(frame: pd.DataFrame, params: TrainingParams) -> tuple[list[s
             target_column=params.target_column, exclude=[*user, *item])
         user += side_user
         item += side_item
+    if params.request_context:
+        user += request_context_columns(frame, exclude=[*user, *item])
     return user, item
 
 
@@ -125,7 +130,7 @@ def check_frame(frame: pd.DataFrame, params: TrainingParams) -> tuple[TrainingPa
     user_columns, item_columns = feature_columns(frame, params)
     for column in dict.fromkeys([params.user_id_column, params.item_id_column, *user_columns, *item_columns]):
         n_missing = int(frame[column].isna().sum())
-        if n_missing:
+        if n_missing and not is_context_column(column):  # a context key a request did not send: neutral
             raise ValueError(f"feature column {column!r} has {n_missing} missing values (NaN/None) of {len(frame)}: "
                              "fill them (numbers: the median; categories: 'unknown'; context: "
                              f"{CONTEXT_DEFAULTS}) or leave the column out of the features")
@@ -185,7 +190,8 @@ def prepare(frame: pd.DataFrame, params: TrainingParams | None = None, held: np.
     item_codes, offers = pd.factorize(frame[params.item_id_column].astype(str), sort=True)
     first_user = pd.Series(np.arange(n)).groupby(user_codes).first().to_numpy()
     first_item = pd.Series(np.arange(n)).groupby(item_codes).first().to_numpy()
-    export_user = [c for c in user_columns if c not in CONTEXT_DEFAULTS]
+    # exported vectors have no request: no price/rank/score, no request context
+    export_user = [c for c in user_columns if c not in CONTEXT_DEFAULTS and not is_context_column(c)]
     export_item = [c for c in item_columns if c not in CONTEXT_DEFAULTS]
 
     held_out = evaluation.HeldOut.from_codes(user_codes, item_codes, labels, held, len(customers), len(offers))
@@ -242,13 +248,19 @@ def _torch_settings(params: TrainingParams):
 
 
 class _Augment:
-    """Training-time input noise: context features to their export defaults (context_dropout),
-    ids to the out-of-vocabulary index (id_dropout); per row, from the seeded generator."""
+    """Training-time input noise: context features to their export defaults (context_dropout), the
+    request's whole context to its neutral value (request_context_dropout: what an exported vector
+    has), ids to the out-of-vocabulary index (id_dropout); per row, from the seeded generator. No
+    random number is drawn for noise a tower has no input for."""
 
     def __init__(self, encoder: FeatureEncoder, params: TrainingParams, generator: torch.Generator):
         self.slots, self.defaults = encoder.context_defaults()
         self.slots = torch.tensor(self.slots, dtype=torch.int64)
         self.p_context = params.context_dropout if len(self.slots) and not encoder.pinned_context else 0.0
+        request_categorical, request_numeric = encoder.request_context_slots()
+        self.request_categorical = torch.tensor(request_categorical, dtype=torch.int64)
+        self.request_numeric = torch.tensor(request_numeric, dtype=torch.int64)
+        self.p_request = (params.request_context_dropout if request_categorical or request_numeric else 0.0)
         self.p_id = params.id_dropout if encoder.id_column else 0.0
         self.generator = generator
 
@@ -256,6 +268,13 @@ class _Augment:
         if self.p_context:
             drop = torch.rand(x.n_rows, 1, generator=self.generator) < self.p_context      # [B, 1]
             x.numeric[:, self.slots] = torch.where(drop, self.defaults, x.numeric[:, self.slots])
+        if self.p_request:
+            drop = torch.rand(x.n_rows, 1, generator=self.generator) < self.p_request      # [B, 1]
+            if len(self.request_categorical):   # code 0: the neutral (absent) category
+                x.categorical[:, self.request_categorical] = x.categorical[:, self.request_categorical].masked_fill(
+                    drop, 0)
+            if len(self.request_numeric):       # standardised 0: the training mean
+                x.numeric[:, self.request_numeric] = x.numeric[:, self.request_numeric].masked_fill(drop, 0.0)
         if self.p_id:
             drop = torch.rand(x.n_rows, generator=self.generator) < self.p_id               # [B]
             x = x._replace(ids=x.ids.masked_fill(drop, 0))

@@ -10,6 +10,7 @@ from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, schema_check
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
+from twotower_pipeline.ingest.context import DROP_REASONS, context_columns
 from twotower_pipeline.ingest.flatten import (
     REASONS,
     document_copy,
@@ -140,6 +141,10 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
     note = _quiet_note(counts)
     if note:
         context.log.info(note)
+    dropped = {f"dropped_context_{r}": counts[f"dropped_context_{r}"] for r in DROP_REASONS}
+    if any(dropped.values()):
+        context.log.warning(f"request context values dropped (the exposures are kept): "
+                            f"{ {k: v for k, v in dropped.items() if v} }")
     yield dg.Output(
         exposures,
         output_name="ecosystemruntime_flatten",
@@ -155,6 +160,8 @@ def ecosystemruntime_flatten(context: dg.AssetExecutionContext, config: FlattenC
             "predictors": dg.MetadataValue.json(sorted(exposures["predictor"].unique().tolist())),
             "quarantined": counts["quarantined"],
             "rejected_share": result.rejected_share,
+            "context_columns": dg.MetadataValue.json(context_columns(exposures.columns)),
+            **dropped,
             **({"note": note} if note else {}),
         },
     )

@@ -61,6 +61,12 @@ class TwoTowerConfig(dg.Config):
     feature_dropout: float = Field(default=_DEFAULTS.feature_dropout,
                                    description="Share of training rows without the customer's features when it "
                                    "has a history (ours).")
+    request_context: bool = Field(default=_DEFAULTS.request_context,
+                                  description="The customer tower also reads the request's context "
+                                  "(`context_<key>` columns from in_params) (ours).")
+    request_context_dropout: float = Field(default=_DEFAULTS.request_context_dropout,
+                                           description="Share of training rows whose request context is set to "
+                                           "its neutral value, as exported vectors have it (ours).")
     weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
     min_epochs: int = Field(default=_DEFAULTS.min_epochs,
                             description="Early stopping never stops a run before this many epochs (ours).")
