@@ -279,3 +279,82 @@ def test_the_workbench_reads_predictors_bounds_and_concept_tests_and_says_when_d
     assert health["live_run_id"] == "run_a" and health["status"] == "ok"
     assert train.status_code == 503 and "--dagster-url" in train.json()["detail"]
     assert job.status_code == 503 and bad_job.status_code == 422
+
+
+# --- a request's context in the customer vector ------------------------------------------------------
+@pytest.fixture(scope="module")
+def weather_run(mongo_uri, tmp_path_factory):
+    """A predictor whose accepts depend on the request's weather (`context_weather`), imported from
+    a file, trained (run_w), gated and published."""
+    import uuid
+
+    import dagster as dg
+    import pandas as pd
+
+    from twotower_pipeline.definitions import build_resources, defs
+    from twotower_pipeline.defs.resources import MongoResource
+    from twotower_pipeline.ingest.importer import load_exposures_file
+    from twotower_pipeline.ingest.runtime_logs import write_runtime_logs
+    from twotower_pipeline.store.client import MongoStore
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for request in range(3000):
+        weather = rng.choice(["rainy", "sunny"])
+        for offer in rng.permutation(["umbrella", "sunglasses", "coffee", "tea"])[:3]:
+            liked = (offer, weather) in {("umbrella", "rainy"), ("sunglasses", "sunny")}
+            rows.append({"customer_id": f"w{request % 80:02d}", "offer": offer, "request_id": f"r{request}",
+                         "accepted": int(rng.random() < (0.8 if liked else 0.1)), "context_weather": weather,
+                         "timestamp": f"2024-02-0{1 + request % 3}T10:{request % 60:02d}:00Z"})
+    path = tmp_path_factory.mktemp("weather") / "weather.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    store = MongoStore(mongo_uri, prefix)
+    resources = build_resources(MongoResource(uri=mongo_uri, database_prefix=prefix))
+    write_runtime_logs(store, load_exposures_file(path, predictor="weather"))
+    assets = list(defs.assets)
+    tags = {"dagster/asset_partition_range_start": "2024-02-01", "dagster/asset_partition_range_end": "2024-02-03"}
+    assert dg.materialize(assets, resources=resources, tags=tags, selection=[
+        dg.AssetKey(["logging", "ecosystemruntime_flatten"]),
+        dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
+    assert dg.materialize(assets, resources=resources, selection=[
+        "training_frame", "two_tower_model", "user_embeddings", "item_embeddings", "concept_test_metrics"],
+        run_config={"ops": {"training_frame": {"config": {"predictor": "weather"}},
+                            "two_tower_model": {"config": {**FAST, "epochs": 10, "run_id": "run_w"}},
+                            "concept_test_metrics": {"config": {"min_ndcg_gain_over_popularity": -1.0,
+                                                                "min_auc": 0.0}}}}).success
+    assert dg.materialize(assets, resources=resources, selection=["runtime_embeddings"],
+                          run_config={"ops": {"runtime_embeddings": {"config": {"run_id": "run_w"}}}}).success
+    yield store
+    for name in store.client.list_database_names():
+        if name.startswith(prefix):
+            store.client.drop_database(name)
+
+
+def test_the_request_context_moves_the_customer_vector_through_the_sidecar_and_is_logged(weather_run):
+    store = weather_run
+    customers = [f"w{i:02d}" for i in range(20)]
+    with _client(store, sidecar="local") as client:
+        def top(customer, weather):
+            reply = client.post("/invocations", json={"campaign": "weather", "customer": customer, "numberoffers": 4,
+                                                      "in_params": {"weather": weather}})
+            assert reply.status_code == 200, reply.text
+            return [item["result"]["offer"] for item in reply.json()["final_result"]]
+
+        rainy = [top(c, "rainy") for c in customers]
+        sunny = [top(c, "sunny") for c in customers]
+        plain = client.post("/invocations", json={"campaign": "weather", "customer": "w00", "numberoffers": 4})
+        remote_rows = client.post("/pytorch/invocations", json={"model_id": "two_tower_user_run_w", "instances": [
+            {"customer_id": "w00", "context_weather": "rainy"}, {"customer_id": "w00"}]}).json()["predictions"]
+    # each customer's rainy ranking puts the umbrella above the sunglasses, the sunny one the reverse
+    assert sum(r.index("umbrella") < r.index("sunglasses") for r in rainy) >= 18
+    assert sum(s.index("sunglasses") < s.index("umbrella") for s in sunny) >= 18
+    logged = store.collection(names.PRESENTED).find_one({"api_params.customer": "w00", "in_params.weather": "rainy",
+                                                         "run_id": "run_w"})
+    assert logged["vector_source"] == "sidecar" and logged["in_params"] == {"weather": "rainy"}
+    # no context: the stored (exported) vector, which the sidecar gives for a row without context too
+    stored = store.collection(publishing.USER_EMBEDDINGS).find_one({"customer_id": "w00"})["embedding"]
+    plain_logged = store.collection(names.PRESENTED).find_one({"uuid": plain.json()["uuid"]})
+    assert plain_logged["vector_source"] == "stored"
+    assert np.allclose(remote_rows[1]["embedding"], stored, atol=1e-5)
+    assert not np.allclose(remote_rows[0]["embedding"], stored, atol=1e-3)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pymongo.errors import PyMongoError
 
 from twotower_pipeline import offline
+from twotower_pipeline.ingest.context import MAX_KEY_LENGTH, MAX_KEYS, MAX_TEXT_LENGTH, context_row
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.serving import workbench
 from twotower_pipeline.serving.live import LiveEmbeddings, NothingLive
@@ -46,8 +47,9 @@ RECENT_PRESENTED = 50_000
 DAGSTER_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
-ContextKey = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")]
-Scalar = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=200)], None]
+#: A request's context follows the flatten's rule (`ingest.context`): what it would drop is refused here.
+ContextKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[A-Za-z0-9_-]+$")]
+Scalar = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)], None]
 
 
 @dataclasses.dataclass
@@ -80,7 +82,7 @@ class InvocationRequest(Strict):
     customer: Id
     numberoffers: StrictInt = Field(default=1, ge=1, le=MAX_NUMBER_OFFERS)
     userid: Optional[Id] = None
-    in_params: dict[ContextKey, Scalar] = Field(default_factory=dict, max_length=50)
+    in_params: dict[ContextKey, Scalar] = Field(default_factory=dict, max_length=MAX_KEYS)
     eligible_offers: Optional[list[Id]] = Field(default=None, max_length=10_000, description=(
         "Ours: rank only these offers (e.g. the customer's eligible ones); default: the whole offer matrix."))
 
@@ -266,10 +268,10 @@ class Runtime:
             stored = self.live.customer_vector(run_id, request.customer)
             if stored is not None or not sidecar:
                 return stored, "stored"
-        row = {"customer_id": request.customer, **request.in_params}
         if sidecar == "local":
-            return self.towers.embed(run_id, "user", [row])[0], "sidecar"
-        return self._remote_vector(run_id, row), "sidecar"
+            return self.towers.customer_vector(run_id, request.customer, request.in_params), "sidecar"
+        return self._remote_vector(run_id, {"customer_id": request.customer, **context_row(request.in_params)}), \
+            "sidecar"
 
     def _remote_vector(self, run_id: str, row: dict) -> np.ndarray:
         import httpx

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from twotower_pipeline import publishing
+from twotower_pipeline.ingest.context import is_context_column
 from twotower_pipeline.ingest.training_frame import CONTEXT_DEFAULTS
 from twotower_pipeline.runs import TrainedRun
 from twotower_pipeline.store import artefacts, embeddings, names
@@ -64,7 +65,8 @@ class TowerService:
         """[len(rows), embedding_dim] unit vectors of feature rows with `run_id`'s `tower`, built
         the way the export builds them (`publishing.embedding_frame`). A row names its key
         (`customer_id` / `offer`); price, rank and score are the exposure's context (documented
-        defaults when absent); any other field it sends replaces the stored feature of that key,
+        defaults when absent) and so are `context_<key>` fields (a request's `in_params[key]`);
+        any other field it sends replaces the stored feature of that key,
         and features neither sent nor stored take the encoder's neutral value."""
         run = self.run(run_id)
         key = TOWER_KEYS[tower]
@@ -74,7 +76,7 @@ class TowerService:
         features, context = [], []
         for name, row in zip(keys, rows):
             sent = {k: v for k, v in row.items() if k not in (key, "tower") and v is not None}
-            context.append({k: sent.pop(k) for k in list(sent) if k in CONTEXT_DEFAULTS})
+            context.append({k: sent.pop(k) for k in list(sent) if k in CONTEXT_DEFAULTS or is_context_column(k)})
             features.append({**stored.get(name, {}), **sent, stored_key: name})
         if len(set(keys)) == len(keys):
             frame = publishing.embedding_frame(tower, keys, pd.DataFrame(features), pd.DataFrame(context))
@@ -83,3 +85,10 @@ class TowerService:
         return np.concatenate([publishing.embed(run, tower, publishing.embedding_frame(
             tower, [name], pd.DataFrame([row]), pd.DataFrame([extra]))) for name, row, extra in
             zip(keys, features, context)])
+
+    def customer_vector(self, run_id: str, customer_id: str, in_params: dict) -> np.ndarray:
+        """One customer's vector for one request: its stored features and the request's context
+        (`TwoTowerModel.customer_vector`, the export's typing of one row)."""
+        run = self.run(run_id)
+        [features] = self.stored_features("user", [customer_id]) or [None]
+        return run.model.customer_vector(customer_id, features, in_params)
