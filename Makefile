@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.twotower/dagster_home
 
-.PHONY: install instance browser demo test ui bench bench-quick quality check server-stop clean
+.PHONY: install instance browser demo test ui serve bench bench-quick quality check server-stop clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ browser:
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
+
+# The runtime, the PyTorch sidecar and the workbench API on 127.0.0.1:8010 (README "Serving")
+serve: install
+	$(BIN)/twotower serve --sidecar local --dagster-url http://127.0.0.1:3000
 
 # faiss-cpu (the top-K benchmark's reference) and scikit-learn (the quality table's coupon baselines) are a
 # benchmark extra, not dependencies of the project.

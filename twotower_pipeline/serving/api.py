@@ -279,8 +279,12 @@ class Runtime:
             headers = {"X-API-Key": self.settings.api_key} if self.settings.api_key else {}
             self._sidecar_client = httpx.Client(base_url=self.settings.sidecar.rstrip("/"), timeout=5.0,
                                                 headers=headers)
-        reply = self._sidecar_client.post("/pytorch/invocations", json={
-            "model_id": f"two_tower_user_{run_id}", "instances": [{**row, "tower": "user"}]})
+        try:
+            reply = self._sidecar_client.post("/pytorch/invocations", json={
+                "model_id": f"two_tower_user_{run_id}", "instances": [{**row, "tower": "user"}]})
+        except httpx.HTTPError as error:
+            raise HTTPException(502, f"the sidecar at {self.settings.sidecar} did not answer ({type(error).__name__})")
+
         if reply.status_code != 200:
             raise HTTPException(502, f"the sidecar answered {reply.status_code} for customer {row['customer_id']}")
         return np.asarray(reply.json()["predictions"][0]["embedding"], dtype=np.float32)
@@ -399,8 +403,6 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
             raise HTTPException(404, f"customer {request.customer!r} has no vector in run {scorer.run_id} and no "
                                      "sidecar is configured: the offers cannot be ranked")
         ranked = scorer.rank(vector, request.numberoffers, request.eligible_offers)
-        if scorer.skipped:
-            runtime.counts["skipped_offers"] += len(scorer.skipped)
         request_id = str(uuid_lib.uuid4())
         final_result = []
         for position, (offer, score) in enumerate(zip(ranked.offers, ranked.scores), start=1):
@@ -471,7 +473,7 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
     @app.get("/pytorch/models", tags=["pytorch"])
     def pytorch_models(limit: int = Query(100, ge=1, le=1000)):
         """The stored runs' towers, newest first."""
-        live = runtime.live._scorer.run_id if runtime.live._scorer else None
+        live = runtime.live.current.run_id if runtime.live.current else None
         models = []
         for run in store.collection(names.RUNS).find({}, {"_id": 0}).sort("updated_at", -1).limit(limit):
             for tower in ("user", "item"):
@@ -483,7 +485,7 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
     @app.get("/pytorch/health", tags=["pytorch"])
     def pytorch_health():
         store.client.admin.command("ping")
-        return {"status": "ok", "framework": "pytorch", "models_loaded": len(runtime.towers._runs)}
+        return {"status": "ok", "framework": "pytorch", "models_loaded": runtime.towers.loaded}
 
     @app.post("/pytorch/train", tags=["pytorch"], status_code=202,
               responses={503: {"description": "no Dagster webserver configured or reachable"}})
@@ -536,9 +538,10 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
     @app.get(f"{prefix}/health", tags=["workbench"])
     def health():
         store.client.admin.command("ping")
-        scorer = runtime.live._scorer
+        scorer = runtime.live.current
         return {"status": "ok", "mongodb": "ok", "live_run_id": scorer.run_id if scorer else None,
                 "offers": len(scorer) if scorer else 0, "skipped_offers": len(scorer.skipped) if scorer else 0,
+                "requests_without_vector": runtime.counts["no_vector"],
                 "log_documents_written": runtime.logs.written if runtime.logs else 0,
                 "log_documents_pending": runtime.logs.pending if runtime.logs else 0,
                 "dagster": runtime.jobs.url if runtime.jobs else None}

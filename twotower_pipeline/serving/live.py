@@ -51,6 +51,11 @@ class LiveEmbeddings:
                               "publish sensor) before the runtime can rank offers")
         return scorer
 
+    @property
+    def current(self) -> SimilarityScorer | None:
+        """The scorer being served, None before a run is live."""
+        return self._scorer
+
     def check(self) -> bool:
         """Reload the offers if the journal changed since the last load; True when it reloaded."""
         with self._lock:

@@ -43,6 +43,10 @@ class TowerService:
         self._runs: collections.OrderedDict[str, TrainedRun] = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> int:
+        return len(self._runs)
+
     def run(self, run_id: str) -> TrainedRun:
         with self._lock:
             if run_id in self._runs:
