@@ -264,6 +264,7 @@ def test_the_workbench_reads_predictors_bounds_and_concept_tests_and_says_when_d
                                     "offers": ["sim_offer_01", "sim_offer_02"]})
         health = client.get("/api/v1/algorithms/two-tower/health").json()
         train = client.post("/api/v1/algorithms/two-tower/train", json={"predictor": predictor})
+        typo = client.post("/api/v1/algorithms/two-tower/train", json={"predictor": predictor, "epochz": 3})
         job = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
         bad_job = client.get("/api/v1/jobs/$where")
     assert predictors == {"predictors": [predictor]}
@@ -277,6 +278,7 @@ def test_the_workbench_reads_predictors_bounds_and_concept_tests_and_says_when_d
     assert answer["success"] and [r["offer"] for r in answer["ranked"]] != [] and len(answer["ranked"]) == 2
     assert answer["ranked"][0]["score"] >= answer["ranked"][1]["score"]
     assert health["live_run_id"] == "run_a" and health["status"] == "ok"
+    assert typo.status_code == 422 and "epochz" in typo.json()["detail"]
     assert train.status_code == 503 and "--dagster-url" in train.json()["detail"]
     assert job.status_code == 503 and bad_job.status_code == 422
 

@@ -515,19 +515,18 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
         from twotower_pipeline.runs import new_run_id
         import pydantic
 
-        jobs = _jobs()
         parameters = {"run_id": new_run_id(), **parameters}
+        unknown = sorted(set(parameters) - set(RetrainConfig.model_fields))
+        if unknown:
+            raise HTTPException(422, f"unknown training parameters {unknown}: the parameters are "
+                                     f"{sorted(RetrainConfig.model_fields)}")
         try:
             config = RetrainConfig(**parameters)
         except (pydantic.ValidationError, ValueError) as error:
             raise HTTPException(422, _validation_text(error)) from None
-        run_config = config.model_dump(exclude_none=True)
+        run_config = config.model_dump(exclude_none=True)  # the run id was checked by the config
         try:
-            embeddings.check_run_id(run_config["run_id"])
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
-        try:
-            job_id = jobs.launch("train", "retrain_job", run_config, run_id=run_config["run_id"], request=run_config)
+            job_id = _jobs().launch("train", "retrain_job", run_config, run_id=run_config["run_id"], request=run_config)
         except workbench.LaunchError as error:
             raise HTTPException(503, str(error)) from None
         return {"job_id": job_id, "run_id": run_config["run_id"]}
