@@ -24,28 +24,41 @@ class LaunchError(RuntimeError):
     """Dagster could not be reached or refused the launch."""
 
 
-def _committed(store: MongoStore) -> dict | None:
-    """The flatten collection's committed-slices filter ({} when nothing commits to it)."""
+def _committed(store: MongoStore) -> list[tuple[str, dict]]:
+    """(slice key, filter) of each committed flatten slice (a day), in key order; one filter of
+    the whole collection when no commit ever wrote it (another tool's)."""
     write_ids = SlicedCollection(store, names.FLATTEN).committed_write_ids()
-    return {} if write_ids is None else {WRITE_ID_FIELD: {"$in": sorted(set(write_ids.values()))}}
+    if write_ids is None:
+        return [("", {})]
+    return [(key, {WRITE_ID_FIELD: write_ids[key]}) for key in sorted(write_ids)]
 
 
 def predictors(store: MongoStore) -> list[str]:
     """Distinct predictors of the flatten collection's committed rows, sorted."""
-    committed = _committed(store)
-    return sorted(str(p) for p in store.collection(names.FLATTEN).distinct("predictor", committed) if p)
+    collection = store.collection(names.FLATTEN)
+    found = set()
+    for _, selection in _committed(store):
+        found |= {str(p) for p in collection.distinct("predictor", selection) if p}
+    return sorted(found)
 
 
 def predictor_date_bounds(store: MongoStore, predictor: str) -> dict:
-    """{predictor, min_date, max_date, rows} of one predictor's committed flatten rows (the
-    `(predictor, datetime)` index: two index reads and a count)."""
+    """{predictor, min_date, max_date, rows} of one predictor's committed flatten rows: each day's
+    slice is read on the write-id index (the query every read of a day makes), the first and the
+    last day holding the predictor give the dates."""
     collection = store.collection(names.FLATTEN)
-    query = {"predictor": predictor, **_committed(store)}
-    first = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", 1)])
-    last = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", -1)])
-    rows = collection.count_documents(query) if first else 0
-    return {"predictor": predictor, "min_date": first["datetime"] if first else None,
-            "max_date": last["datetime"] if last else None, "rows": rows}
+    rows, first, last = 0, None, None
+    for _, selection in _committed(store):
+        query = {**selection, "predictor": predictor}
+        count = collection.count_documents(query)
+        if not count:
+            continue
+        rows += count
+        earliest = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", 1)])["datetime"]
+        latest = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", -1)])["datetime"]
+        first = earliest if first is None else min(first, earliest)
+        last = latest if last is None else max(last, latest)
+    return {"predictor": predictor, "min_date": first, "max_date": last, "rows": rows}
 
 
 class DagsterJobs:

@@ -86,8 +86,7 @@ class FlattenConfig(dg.Config):
             owners=OWNERS,
             kinds={"mongodb", "pandas"},
             description="One row per customer/offer exposure; `accepted` is 1 when a response accepted the offer.",
-            # the workbench API's predictor-date-bounds reads a predictor's first and last rows by it
-            metadata={"partition_expr": "datetime", "mongo_indexes": [["predictor", "datetime"]]},
+            metadata={"partition_expr": "datetime"},
             code_version="1",
         ),
         "ecosystemruntime_flatten_quarantine": dg.AssetOut(
