@@ -406,3 +406,46 @@ def test_a_killed_in_process_run_is_marked_failed(env, tmp_path, monkeypatch):
         assert _finish(runner) is None
         assert fail_orphaned_runs(instance) == [run.run_id]
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+# -- serving ----------------------------------------------------------------------------------------
+
+def test_the_runtime_answers_503_while_the_server_is_down_and_logs_every_answered_request_once(env, published):
+    """kill -9 of the server under `twotower serve`'s app: requests answered before the kill are
+    logged once the server is back (the writer retries), requests while it is down are a 503
+    without the URI, and afterwards it serves again; exact counts at the end."""
+    from fastapi.testclient import TestClient
+
+    from twotower_pipeline.serving.api import ServeSettings, create_app
+
+    store = env["store"]
+    predictor = store.collection(names.RUNS).find_one({"run_id": "run_a"})["predictor"]
+    customers = sorted(d["customer_id"] for d in store.collection(names.CUSTOMER_FEATURES).find())[:20]
+    answered = []
+    app = create_app(store, ServeSettings(reload_s=3600))
+    with TestClient(app) as client:
+        def ask(customer):
+            return client.post("/invocations", json={"campaign": predictor, "customer": customer,
+                                                     "numberoffers": 3})
+
+        for customer in customers:
+            reply = ask(customer)
+            assert reply.status_code == 200, reply.text
+            answered.append(reply.json()["uuid"])
+        env["server"].kill()  # the last requests' documents are still queued or being written
+        down = ask(customers[0])
+        assert down.status_code == 503 and "storage unavailable" in down.json()["detail"]
+        assert env["uri"].split("?")[0] not in down.text
+        before = env["uri"]
+        _restart(env)  # the same port: the service's client finds it again
+        assert env["uri"] == before, (before, env["uri"])
+        for customer in customers:
+            reply = ask(customer)
+            assert reply.status_code == 200, reply.text
+            answered.append(reply.json()["uuid"])
+        writer = app.state.runtime.logs
+    # the client closed: the writer drained; every answered request is logged exactly once
+    presented = env["store"].collection(names.PRESENTED)
+    logged = [d["uuid"] for d in presented.find({"run_id": "run_a"}, {"uuid": 1})]
+    assert sorted(logged) == sorted(answered) and len(logged) == 2 * len(customers)
+    assert writer.pending == 0

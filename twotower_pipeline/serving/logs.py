@@ -1,6 +1,7 @@
 """The runtime's log writes, off the request path: documents are queued in memory and a writer
 thread inserts them in batches (`insert_many`, unordered). A failed batch is retried, never
-dropped; `close()` writes what is queued before it returns, so a clean shutdown loses no rows."""
+dropped; `close()` writes what is queued before it returns, so a clean shutdown loses no rows.
+Writes are journaled: a document once written survives a crash of the server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pymongo.errors import PyMongoError
 
 from twotower_pipeline.store.client import MongoStore
+from twotower_pipeline.store.leases import journaled
 
 log = logging.getLogger("twotower.serving")
 _STOP = object()
@@ -73,8 +75,10 @@ class LogWriter:
     def _insert(self, location: str, documents: list[dict]) -> None:
         while True:
             try:
-                # unordered: a duplicate `_id` (a retried batch that had partly landed) does not stop the rest
-                self.store.collection(location).insert_many(documents, ordered=False)
+                # journaled: an acknowledged log document survives a kill -9 of the server (measured:
+                # the embedded server otherwise loses the last ones); unordered: a duplicate `_id`
+                # (a retried batch that had partly landed) does not stop the rest
+                journaled(self.store.collection(location)).insert_many(documents, ordered=False)
                 self.written += len(documents)
                 return
             except PyMongoError as error:

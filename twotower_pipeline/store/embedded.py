@@ -148,6 +148,14 @@ class EmbeddedMongo:
         temporary.write_text(json.dumps(state))
         temporary.replace(self.state_file)
 
+    def _previous_port(self) -> int | None:
+        """The port the last server of this directory had (its state file outlives a crash)."""
+        try:
+            port = json.loads(self.state_file.read_text()).get("port")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return port if isinstance(port, int) and 0 < port < 65536 else None
+
     def _start(self) -> dict:
         executable = _server_executable()
         self.storage_path.mkdir(parents=True, exist_ok=True)
@@ -156,8 +164,11 @@ class EmbeddedMongo:
         if not config.exists():
             config.write_text("# settings come from the command line\n")
         last_error = ""
-        for _attempt in range(3):
-            port = _free_port()
+        # a server that crashed comes back on its old port when that is free, so the clients of a
+        # running service (`twotower serve`, a `dagster dev`) find it again without a restart
+        previous = self._previous_port()
+        for attempt in range(3):
+            port = previous if attempt == 0 and previous and _port_free(previous) else _free_port()
             with open(self.log_file, "ab") as log:
                 process = subprocess.Popen(
                     [
@@ -208,6 +219,18 @@ def _server_executable() -> str:
             "or set MONGODB_URI to use an existing MongoDB"
         )
     return found
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on it (connections of a killed server left in TIME_WAIT do not count: the
+    server binds with SO_REUSEADDR too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def _free_port() -> int:
