@@ -283,8 +283,8 @@ class Runtime:
             reply = self._sidecar_client.post("/pytorch/invocations", json={
                 "model_id": f"two_tower_user_{run_id}", "instances": [{**row, "tower": "user"}]})
         except httpx.HTTPError as error:
-            raise HTTPException(502, f"the sidecar at {self.settings.sidecar} did not answer ({type(error).__name__})")
-
+            raise HTTPException(502, f"the sidecar at {self.settings.sidecar} did not answer "
+                                     f"({type(error).__name__})") from None
         if reply.status_code != 200:
             raise HTTPException(502, f"the sidecar answered {reply.status_code} for customer {row['customer_id']}")
         return np.asarray(reply.json()["predictions"][0]["embedding"], dtype=np.float32)
@@ -397,7 +397,11 @@ def create_app(store: MongoStore, settings: ServeSettings | None = None) -> Fast
         served = {runtime.live.predictor, *settings.campaigns} - {None}
         if request.campaign not in served:
             raise HTTPException(404, f"unknown campaign {request.campaign!r}: this runtime serves {sorted(served)}")
-        vector, source = runtime.customer_vector(scorer.run_id, request)
+        try:
+            vector, source = runtime.customer_vector(scorer.run_id, request)
+        except LookupError:  # the local sidecar found no stored towers of the live run
+            raise HTTPException(404, f"run {scorer.run_id} has no stored towers to embed customer "
+                                     f"{request.customer!r} with") from None
         if vector is None:
             runtime.counts["no_vector"] += 1
             raise HTTPException(404, f"customer {request.customer!r} has no vector in run {scorer.run_id} and no "
