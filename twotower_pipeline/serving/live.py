@@ -36,6 +36,7 @@ class LiveEmbeddings:
         self.store = store
         self.metric = metric
         self.database = store.database(publishing.DATABASE)
+        self.users = self.database[names.USER_EMBEDDINGS]  # built once: read on every request
         self.publisher = embeddings.Publisher(store, publishing.DATABASE)
         self._scorer: SimilarityScorer | None = None
         self.predictor: str | None = None  # the live run's predictor: the campaign it serves
@@ -105,7 +106,7 @@ class LiveEmbeddings:
 
     def customer_vector(self, run_id: str, customer_id: str) -> np.ndarray | None:
         """The customer's live vector of `run_id`, or None (absent, or of another run)."""
-        document = self.database[names.USER_EMBEDDINGS].find_one(
+        document = self.users.find_one(
             {"customer_id": customer_id}, {"_id": 0, "run_id": 1, "embedding": 1})
         if document is None:
             return None
