@@ -8,7 +8,8 @@ BCE with one sampled decline per accept, the customer's history mean-pooled (its
 out, 70% of the entries dropped, the feature part dropped for half the rows), no early stopping. The reference slices a
 random permutation of the row indices each epoch, pools with `F.embedding_bag` (per-sample weights
 mask the dropped entries), takes `F.cross_entropy` of the corrected, masked logits and
-`F.binary_cross_entropy_with_logits`, and steps `torch.optim.Adam`. Ours is `train.fit`: the
+`F.binary_cross_entropy_with_logits`, and steps `torch.optim.Adam` on the same cosine learning-rate
+schedule. Ours is `train.fit`: the
 pooling as one sparse-dense product, history entries dropped rather than zero-weighted.
 examples/s = accepted training pairs per second of training (validation excluded); NDCG@10 of both
 after the same epochs shows the quality is the same.
@@ -28,7 +29,7 @@ from twotower_pipeline.model import losses
 from twotower_pipeline.model.config import TrainingParams
 from twotower_pipeline.model.features import TowerInputs
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.model.train import PreparedData, _torch_settings, evaluate, fit, prepare
+from twotower_pipeline.model.train import MIN_LR_SHARE, PreparedData, _torch_settings, evaluate, fit, prepare
 
 
 def _frame(quick: bool) -> tuple[str, pd.DataFrame]:
@@ -78,6 +79,9 @@ def reference_loop(data: PreparedData, epochs: int) -> tuple[float, TwoTowerMode
         model.set_history(data.user_inputs.ids[rows_all].numpy(), data.item_inputs.ids[rows_all].numpy())
         generator = torch.Generator().manual_seed(params.seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(  # the run's schedule, as ours
+            optimizer, T_max=epochs * (len(rows_all) // B), eta_min=params.learning_rate * MIN_LR_SHARE)
+            if params.learning_rate_schedule == "cosine" else None)
         model.train()
         examples, started = 0, time.perf_counter()
         for _ in range(epochs):
@@ -97,10 +101,12 @@ def reference_loop(data: PreparedData, epochs: int) -> tuple[float, TwoTowerMode
                 scores = torch.cat([(user * item).sum(1), (user * declined).sum(1)])
                 labels = torch.cat([torch.ones(B), torch.zeros(B)])
                 loss = loss + params.pointwise_weight * F.binary_cross_entropy_with_logits(
-                    scores / params.temperature + model.bias, labels)
+                    scores / params.pointwise_temperature + model.bias, labels)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 examples += B
         seconds = time.perf_counter() - started
     return examples / seconds, model.eval()

@@ -21,7 +21,6 @@ popularity, EASE and random baselines on the same split.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -61,12 +60,11 @@ def implicit_frame(directory=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 def select_and_train(frame, params: TrainingParams, held: np.ndarray, log=None) -> TrainingResult:
     """Train without looking at the held-out rows: the epochs are chosen by early stopping on the
     parameters' own split of the training rows, then the model is trained on every training row
-    for that many epochs (`stopping_rounds` 0 keeps the last)."""
+    for that many epochs of the same run (the learning-rate schedule planned for `epochs`), and the
+    last one is kept."""
     training_rows = frame[~held].reset_index(drop=True)
     chosen = fit(prepare(training_rows, params), log)
-    final = dataclasses.replace(params, epochs=chosen.best_epoch, stopping_rounds=0)
-    result = fit(prepare(frame, final, held=held), log)
-    return result
+    return fit(prepare(frame, params, held=held), log, last_epoch=chosen.best_epoch)
 
 
 def run_protocol(frame, customers, offers, params: TrainingParams, baselines=evaluation.BASELINES, log=None) -> dict:

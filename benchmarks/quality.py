@@ -3,7 +3,8 @@ protocol, and the UCI coupon data with its real declines.
 
 Neither data set's held-out rows are looked at while training: the two-tower's epochs are chosen
 by early stopping on a split of the training rows, then it is trained on all of them for that many
-epochs (`movielens_protocol.select_and_train`); the figure after "epochs" is that number.
+epochs of the same run (`movielens_protocol.select_and_train`: the learning-rate schedule is the
+one planned for `epochs`); the figure after "epochs" is that number.
 
 MovieLens 100K (`benchmarks.movielens_protocol`): every rating an accept, per customer a seeded 25%
 held out, the whole catalogue ranked with the customer's training movies left out, K = 10, the
@@ -50,7 +51,10 @@ ALTERNATIVES = {
     "in-batch + 256 sampled catalogue negatives (`loss=\"mixed\"`, `n_catalogue_negatives=256`)":
         {"loss": "mixed", "n_catalogue_negatives": 256},
     "no popularity prior (`popularity_prior=0`)": {"popularity_prior": 0.0},
-    "temperature 0.15 (`temperature=0.15`)": {"temperature": 0.15},
+    "temperature 0.2 (`temperature=0.2`)": {"temperature": 0.2},
+    "a constant learning rate (`learning_rate_schedule=\"constant\"`)": {"learning_rate_schedule": "constant"},
+    "the previous defaults: temperature 0.2, a constant learning rate":
+        {"temperature": 0.2, "learning_rate_schedule": "constant"},
     "linear feature parts (`layers=0`)": {"layers": 0},
     "no history dropout (`history_dropout=0`)": {"history_dropout": 0.0},
     "no feature dropout (`feature_dropout=0`)": {"feature_dropout": 0.0},
@@ -61,6 +65,8 @@ COUPON_ALTERNATIVES = {
     "no request-context dropout (`request_context_dropout=0`)": {"request_context_dropout": 0.0},
     "with the customer's history (`user_history=\"on\"`)": {"user_history": "on"},
     "catalogue softmax + 0.5 pointwise (`loss=\"mixed\"`)": {"loss": "mixed"},
+    "the softmax's temperature in the BCE term too (`pointwise_temperature=0.1`)": {"pointwise_temperature": 0.1},
+    "a cosine learning-rate decay (`learning_rate_schedule=\"cosine\"`)": {"learning_rate_schedule": "cosine"},
 }
 
 

@@ -117,12 +117,13 @@ def test_artefact_round_trip_gives_identical_embeddings(planted):
 
 
 @pytest.mark.parametrize("loss, extra", [("mixed", {"n_catalogue_negatives": 8}), ("pointwise", {}),
-                                         ("softmax", {"pointwise_weight": 0.0, "layers": 0, "id_dropout": 0.2})])
+                                         ("softmax", {"pointwise_weight": 0.0, "layers": 0, "id_dropout": 0.2,
+                                                      "epochs": 12})])
 def test_other_objectives_learn_the_planted_structure(loss, extra):
     frame = planted_frame(n_customers=60)
     result = train_two_tower(frame, TrainingParams(**{**FAST, "loss": loss, **extra}))
     assert result.metrics["user_auc"] > 0.85
-    assert result.examples_per_second > 0 and len(result.history) == result.epochs_run == 8
+    assert result.examples_per_second > 0 and len(result.history) == result.epochs_run == extra.get("epochs", 8)
 
 
 def _params(**kw):
@@ -189,12 +190,31 @@ def implicit_frame(n_customers=120, seed=0) -> pd.DataFrame:
 
 def test_the_auto_choices_follow_the_data():
     def choices(params):
-        return params.loss, params.user_history, params.validation_metric
-    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("softmax", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("softmax", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc")
-    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k")
-    assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k")
+        return params.loss, params.user_history, params.validation_metric, params.learning_rate_schedule
+    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("softmax", "on", "ndcg@k", "cosine")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == (
+        "softmax", "on", "ndcg@k", "cosine")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc", "constant")
+    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k",
+                            learning_rate_schedule="constant")
+    assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k", "constant")
+    with pytest.raises(ValueError, match="learning_rate_schedule='linear' is not one of"):
+        TrainingParams(learning_rate_schedule="linear")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_learning_rate_follows_its_schedule_over_the_epochs(schedule):
+    """Cosine: from learning_rate down a half cosine to 5% of it at the last step; constant: flat."""
+    params = TrainingParams(**{**FAST, "epochs": 6, "learning_rate_schedule": schedule})
+    result = train_two_tower(implicit_frame(n_customers=40), params)
+    rates = np.array([h["learning_rate"] for h in result.history])
+    lr = params.learning_rate
+    if schedule == "constant":
+        assert np.allclose(rates, lr)
+    else:
+        progress = np.arange(1, 7) / 6  # after each epoch's last step
+        assert np.allclose(rates, 0.05 * lr + 0.95 * lr * 0.5 * (1 + np.cos(np.pi * progress)), rtol=1e-6)
+        assert rates[-1] == pytest.approx(0.05 * lr)
 
 
 def test_accepts_only_train_on_pooled_histories_and_rank_the_planted_groups():
@@ -288,7 +308,11 @@ def test_the_popularity_prior_lifts_the_offer_most_customers_accepted():
     def lift(prior: float) -> float:
         """How far o0's cosine sits above the mean offer's, for customers outside its group who did
         not accept it."""
-        model = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 10, "popularity_prior": prior})).model
+        # the prior's share of the cosine is popularity_prior x temperature x log(popularity): the
+        # old default temperature (0.2) and a constant rate make the effect large enough to read here
+        model = train_two_tower(frame, TrainingParams(**{**FAST, "epochs": 10, "popularity_prior": prior,
+                                                         "temperature": 0.2,
+                                                         "learning_rate_schedule": "constant"})).model
         scores = model.user_embeddings(outsiders) @ model.item_embeddings(catalogue()).T      # [U, N]
         return float((scores[:, 0] - scores.mean(axis=1)).mean())
 

@@ -150,7 +150,7 @@ class TwoTowerModel(nn.Module):
         # history_items[history_offsets[c]:history_offsets[c + 1]], item encoder id codes
         self.register_buffer("history_offsets", torch.zeros(len(user_encoder.id_vocabulary) + 2, dtype=torch.int64))
         self.register_buffer("history_items", torch.zeros(0, dtype=torch.int64))
-        # only the pointwise (BCE) objective reads it: logit = cosine / temperature + bias
+        # only the pointwise (BCE) objective reads it: logit = cosine / pointwise_temperature + bias
         self.bias = nn.Parameter(torch.zeros(()))
 
     @property

@@ -39,6 +39,7 @@ from twotower_pipeline.model.features import (FeatureEncoder, TowerInputs, reque
 from twotower_pipeline.model.towers import TwoTowerModel
 
 Log = Callable[[str], None]
+MIN_LR_SHARE = 0.05  # the cosine schedule ends at this share of the learning rate
 
 
 @dataclass
@@ -281,7 +282,10 @@ class _Augment:
         return x
 
 
-def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
+def fit(data: PreparedData, log: Log | None = None, last_epoch: int | None = None) -> TrainingResult:
+    """Train on `data`; `last_epoch`: stop after that epoch of the run that `params.epochs` plans
+    (the learning-rate schedule still spans `epochs`), keeping it: how a benchmark retrains on every
+    row for the epochs a selection run chose, on the same schedule."""
     params = data.params
     log = log or (lambda message: None)
     key = metric_key(params)
@@ -345,29 +349,35 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                 user = torch.cat([user, user])                                            # [2b, d]
                 item = torch.cat([item, catalogue_item(drawn, catalogue)])
                 labels = torch.cat([labels, torch.zeros(len(rows))])
-            return losses.pointwise_bce_loss(user, item, labels, temperature=params.temperature, bias=model.bias)
+            return losses.pointwise_bce_loss(user, item, labels, temperature=params.pointwise_temperature,
+                                             bias=model.bias)
 
         if params.weight_decay:
             optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
         else:
             optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+        steps_per_epoch = len(primary_rows) // B                                 # the last partial batch dropped
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, params.epochs * steps_per_epoch), eta_min=params.learning_rate * MIN_LR_SHARE)
+            if params.learning_rate_schedule == "cosine" else None)
         log(f"training on {len(data.train_rows):,} exposures ({len(accepted):,} accepted), validating on "
             f"{len(data.validation_rows):,}; {len(data.customers):,} customers, {n_items:,} offers; loss "
             f"{params.loss}{' (whole catalogue)' if whole_catalogue else ''}"
             f"{f' + {bce_weight:g} x pointwise' if softmax and bce_weight else ''}"
             f"{' with sampled declines' if sample_declines else ''}"
-            f"{'; customer history pooled' if model.uses_history else ''}; "
+            f"{'; customer history pooled' if model.uses_history else ''}; {params.learning_rate_schedule} "
+            f"learning rate from {params.learning_rate:g}; "
             f"user tower {data.user_encoder.columns}, item tower {data.item_encoder.columns}")
 
         history, best_value, best_epoch, best_state = [], -math.inf, 0, None
         bce_order, bce_at = bce_rows[torch.randperm(len(bce_rows), generator=generator)], 0
         train_seconds = examples = 0
         stopped_early = False
-        for epoch in range(1, params.epochs + 1):
+        for epoch in range(1, min(params.epochs, last_epoch or params.epochs) + 1):
             model.train()
             started = time.perf_counter()
             order = primary_rows[torch.randperm(len(primary_rows), generator=generator)]
-            steps = len(order) // B                                              # drop the last partial batch
+            steps = steps_per_epoch
             total = torch.zeros(())
             for step in range(steps):
                 rows = order[step * B:(step + 1) * B]                           # [B]
@@ -405,6 +415,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 total += loss.detach()
             seconds = time.perf_counter() - started
             train_seconds += seconds
@@ -413,10 +425,11 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
             scores = evaluate(model, data)
             value = scores.get(key, float("nan"))
             history.append({"epoch": epoch, "loss": float(total) / max(1, steps), "validation_metric": value,
-                            "seconds": seconds, "eval_seconds": time.perf_counter() - evaluated, **scores})
+                            "learning_rate": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                            "eval_seconds": time.perf_counter() - evaluated, **scores})
             improved = not math.isnan(value) and value > best_value
-            # stopping_rounds 0: exactly `epochs` epochs, the last one kept
-            if improved or best_state is None or not params.stopping_rounds:
+            # stopping_rounds 0 or a last_epoch: the last epoch run is kept
+            if improved or best_state is None or not params.stopping_rounds or last_epoch:
                 best_value = value if not math.isnan(value) else best_value
                 best_epoch = epoch
                 best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -435,7 +448,8 @@ def fit(data: PreparedData, log: Log | None = None) -> TrainingResult:
     return TrainingResult(
         model=model, params=params, history=history, best_epoch=best_epoch, epochs_run=len(history),
         stopped_early=stopped_early, examples_per_second=examples / max(train_seconds, 1e-9),
-        metrics={k: v for k, v in best.items() if k not in ("epoch", "loss", "seconds", "eval_seconds")},
+        metrics={k: v for k, v in best.items()
+                 if k not in ("epoch", "loss", "learning_rate", "seconds", "eval_seconds")},
         validation_metric=key, n_rows=len(data.labels), n_train=len(data.train_rows),
         n_validation=len(data.validation_rows),
         features={"user": data.user_encoder.describe(), "item": data.item_encoder.describe()},

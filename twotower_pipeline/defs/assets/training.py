@@ -68,11 +68,16 @@ class TwoTowerConfig(dg.Config):
                                            description="Share of training rows whose request context is set to "
                                            "its neutral value, as exported vectors have it (ours).")
     weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
+    learning_rate_schedule: str = Field(default=_DEFAULTS.learning_rate_schedule,
+                                        description="auto | cosine | constant: cosine falls to 5% of "
+                                        "learning_rate over the epochs; auto: constant for pointwise (ours).")
     min_epochs: int = Field(default=_DEFAULTS.min_epochs,
                             description="Early stopping never stops a run before this many epochs (ours).")
     pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
                                     description="Weight of the loss on explicit declines (ours).")
     temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
+    pointwise_temperature: float = Field(default=_DEFAULTS.pointwise_temperature,
+                                         description="Temperature of the pointwise term's logit (ours).")
     popularity_prior: float = Field(default=_DEFAULTS.popularity_prior,
                                     description="Share of log(offer popularity) the softmax leaves in the served "
                                     "cosine (ours; 0 = none).")
