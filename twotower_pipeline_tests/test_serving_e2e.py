@@ -53,15 +53,19 @@ def _start(command: list[str], env: dict, ready_url: str, log_path: Path) -> sub
         time.sleep(0.5)
 
 
-def _stop(process: subprocess.Popen) -> bool:
+def _stop(process: subprocess.Popen, must_exit: bool = True) -> bool:
     """SIGTERM, as a service manager stops it; True when it exited by itself (uvicorn re-raises the
-    signal once its shutdown is done, so either exit status is a clean one)."""
+    signal once its shutdown is done, so either exit status is a clean one). Not within 60 s: killed,
+    and an error where the test checks the clean exit (`must_exit`), else False."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
         return process.wait(timeout=60) in (0, -signal.SIGTERM)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        raise
+        process.wait(timeout=60)
+        if must_exit:
+            raise
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +169,7 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
             scored = _wait_for_job(client, score.json()["job_id"])
         assert _stop(served)
     finally:
-        _stop(webserver)
+        _stop(webserver, must_exit=False)  # Dagster's own shutdown is not what this test checks
     assert scored["status"] == "SUCCESS", scored
     assert scored["result"] == {"run_id": "run_a", "scores_collection": names.SCORES, "customers": 50}
     scores = store.database("logging")[names.SCORES]
