@@ -4,11 +4,11 @@
 spent, decides the "auto" parameters from the data (`TrainingParams.resolved`), fits the encoders,
 encodes every row once into tensors, holds out 20% of each customer's exposures by a seeded hash:
 `evaluation.holdout_mask`) then `fit` (the customers' histories from the training accepts; Adam,
-or AdamW with weight decay; each step gathers a batch by index slicing of a seeded permutation,
-embeds a catalogue of up to `n_catalogue_negatives` offers once and gathers the step's offer
-vectors from it, and computes the softmax in one fused buffer; after each epoch, validation
-metrics on export-style vectors; the best epoch's weights are kept, or the last with
-`stopping_rounds` 0).
+or AdamW with weight decay, its rate on a cosine decay over the epochs by default; each step
+gathers a batch by index slicing of a seeded permutation, embeds a catalogue of up to
+`n_catalogue_negatives` offers once and gathers the step's offer vectors from it, and computes
+the softmax in one fused buffer; after each epoch, validation metrics on export-style vectors;
+the best epoch's weights are kept, or the last with `stopping_rounds` 0).
 
 Validation uses the vectors that will be exported and served: one vector per customer and per
 offer, with the context features at their documented defaults (price 0.0, rank 1.0, score 0.0),
