@@ -16,7 +16,7 @@ run beside another benchmark):
     --------------------------------------------------  ---------  -------  --------  --------  ----------  -------
     defaults                                               0.2471   0.3188    0.6852    0.6527          12       49
     customer id embedding, no history                      0.2070   0.2574    0.6695    0.6322          20       46
-    pointwise only                                         0.0633   0.0994    0.7136    0.7020           4       53
+    pointwise only                                         0.0631   0.1002    0.7135    0.7043           4       24
     exact softmax over the whole catalogue                 0.2510   0.3177    0.6820    0.6625          21       72
     in-batch + 256 sampled catalogue negatives             0.2521   0.3196    0.6814    0.6597          16       40
     no log-Q correction                                    0.1600   0.1923    0.6592    0.6815           5       14

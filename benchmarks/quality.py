@@ -66,7 +66,7 @@ COUPON_ALTERNATIVES = {
     "with the customer's history (`user_history=\"on\"`)": {"user_history": "on"},
     "catalogue softmax + 0.5 pointwise (`loss=\"mixed\"`)": {"loss": "mixed"},
     "the softmax's temperature in the BCE term too (`pointwise_temperature=0.1`)": {"pointwise_temperature": 0.1},
-    "a constant learning rate (`learning_rate_schedule=\"constant\"`)": {"learning_rate_schedule": "constant"},
+    "a cosine learning-rate decay (`learning_rate_schedule=\"cosine\"`)": {"learning_rate_schedule": "cosine"},
 }
 
 

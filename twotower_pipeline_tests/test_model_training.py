@@ -190,12 +190,14 @@ def implicit_frame(n_customers=120, seed=0) -> pd.DataFrame:
 
 def test_the_auto_choices_follow_the_data():
     def choices(params):
-        return params.loss, params.user_history, params.validation_metric
-    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("softmax", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == ("softmax", "on", "ndcg@k")
-    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc")
-    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k")
-    assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k")
+        return params.loss, params.user_history, params.validation_metric, params.learning_rate_schedule
+    assert choices(TrainingParams().resolved(has_declines=False, n_offers=10)) == ("softmax", "on", "ndcg@k", "cosine")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=1682)) == (
+        "softmax", "on", "ndcg@k", "cosine")
+    assert choices(TrainingParams().resolved(has_declines=True, n_offers=20)) == ("pointwise", "off", "auc", "constant")
+    chosen = TrainingParams(loss="softmax", user_history="on", validation_metric="recall@k",
+                            learning_rate_schedule="constant")
+    assert choices(chosen.resolved(has_declines=True, n_offers=10)) == ("softmax", "on", "recall@k", "constant")
     with pytest.raises(ValueError, match="learning_rate_schedule='linear' is not one of"):
         TrainingParams(learning_rate_schedule="linear")
 

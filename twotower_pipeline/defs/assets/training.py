@@ -69,8 +69,8 @@ class TwoTowerConfig(dg.Config):
                                            "its neutral value, as exported vectors have it (ours).")
     weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
     learning_rate_schedule: str = Field(default=_DEFAULTS.learning_rate_schedule,
-                                        description="cosine | constant: cosine falls to 5% of "
-                                        "learning_rate over the epochs (ours).")
+                                        description="auto | cosine | constant: cosine falls to 5% of "
+                                        "learning_rate over the epochs; auto: constant for pointwise (ours).")
     min_epochs: int = Field(default=_DEFAULTS.min_epochs,
                             description="Early stopping never stops a run before this many epochs (ours).")
     pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
