@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from twotower_pipeline.model import metrics
-from twotower_pipeline.model.scoring import exclusions, rank_offers, select_top_k, top_k
+from twotower_pipeline.model.scoring import exclusions, rank_offers, select_top_k, select_top_k_of, top_k
 
 
 def _stable_top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -64,6 +64,18 @@ def test_any_scorer_can_feed_the_selection():
 
     values, columns = select_top_k(2, 3, 2, block)
     assert columns.tolist() == [[1, 2], [2, 0]] and values[0].tolist() == pytest.approx([0.9, 0.5])
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 9, 1000])
+def test_the_unblocked_selection_of_finished_scores_equals_a_stable_sort(n_items):
+    """Serving's path (`select_top_k_of`): the same kernel on one request's scores, ties included."""
+    rng = np.random.default_rng(n_items)
+    scores = rng.integers(-3, 4, size=(3, n_items)).astype(np.float32)
+    for k in (1, 5, 2000):
+        values, columns = select_top_k_of(scores.copy(), k)
+        expected = _stable_top(scores, min(k, n_items))
+        assert np.array_equal(columns, expected)
+        np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
 
 
 def test_bad_vectors_are_refused_with_a_reason():

@@ -114,6 +114,20 @@ def select_top_k(n_rows: int, n_items: int, k: int, score_block: ScoreBlock, *,
     return scores, columns
 
 
+def select_top_k_of(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`select_top_k` of a few rows already scored, scores [n_rows, n_items] float32 (overwritten):
+    the same kernel and result without the blocking, for one request's ranking (serving), where
+    building blocks would cost several times the product and the selection."""
+    n_rows, n_items = scores.shape
+    k = max(0, min(int(k), n_items))
+    values = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    columns = np.full((n_rows, k), -1, dtype=np.int64)
+    if k and n_rows:
+        indptr, excluded = _no_exclusions(n_rows)
+        _select_block(scores, k, indptr, excluded, values, columns)
+    return values, columns
+
+
 def top_k(user_vectors, item_vectors, k: int, *, metric: str = "cosine", exclude=None,
           chunk_size: int | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """user_vectors [n, d], item_vectors [N, d] -> (scores [n, k'], item indices [n, k']), each row

@@ -2,7 +2,7 @@
 offer vectors held in memory, ranked against a customer vector by cosine (default) or dot.
 
 Pure numpy/torch, no web framework: the service, the benchmarks and the tests call it the same
-way. Ranking goes through the project's one top-K kernel (`model.scoring.select_top_k`); the
+way. Ranking goes through the project's one top-K kernel (`model.scoring.select_top_k_of`); the
 offer matrix is normalised and transposed once, when the scorer is built, so a request costs one
 [1, d] x [d, N] product and the selection.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from twotower_pipeline.model import scoring
 
@@ -83,12 +82,7 @@ class SimilarityScorer:
             columns = np.asarray([self._index[o] for o in wanted if o in self._index], dtype=np.int64)
             unknown = tuple(o for o in wanted if o not in self._index)
             items_t = self._items_t[:, columns]
-        n_items = items_t.shape[1]
-
-        def product(start: int, end: int, out: torch.Tensor) -> None:
-            np.matmul(user, items_t, out=out.numpy())
-
-        scores, found = scoring.select_top_k(1, n_items, number_offers, product, threads=1)
+        scores, found = scoring.select_top_k_of(user @ items_t, number_offers)          # [1, N] -> [1, k]
         kept = found[0] >= 0
         chosen = found[0][kept] if columns is None else columns[found[0][kept]]
         return Ranked(offers=[self.offers[i] for i in chosen], scores=scores[0][kept].astype(float).tolist(),
