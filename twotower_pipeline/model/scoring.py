@@ -65,6 +65,13 @@ def _no_exclusions(n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
 
+def _empty_top(n_rows: int, n_items: int, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(k' = min(k, n_items), scores [n_rows, k'] of -inf, columns [n_rows, k'] of -1): what the
+    selection fills."""
+    k = max(0, min(int(k), n_items))
+    return k, np.full((n_rows, k), -np.inf, dtype=np.float32), np.full((n_rows, k), -1, dtype=np.int64)
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     before = torch.get_num_threads()
@@ -81,9 +88,7 @@ def select_top_k(n_rows: int, n_items: int, k: int, score_block: ScoreBlock, *,
     """(scores [n_rows, k'], columns [n_rows, k']) of each row's k' = min(k, n_items) best columns,
     sorted by score descending (ties: lower column first); excluded columns never appear, and a
     row with fewer than k' columns left has column -1 (score -inf) in its last slots."""
-    k = max(0, min(int(k), n_items))
-    scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
-    columns = np.full((n_rows, k), -1, dtype=np.int64)
+    k, scores, columns = _empty_top(n_rows, n_items, k)
     if k == 0 or n_rows == 0:
         return scores, columns
     indptr, excluded = exclude if exclude is not None else _no_exclusions(n_rows)
@@ -119,9 +124,7 @@ def select_top_k_of(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     the same kernel and result without the blocking, for one request's ranking (serving), where
     building blocks would cost several times the product and the selection."""
     n_rows, n_items = scores.shape
-    k = max(0, min(int(k), n_items))
-    values = np.full((n_rows, k), -np.inf, dtype=np.float32)
-    columns = np.full((n_rows, k), -1, dtype=np.int64)
+    k, values, columns = _empty_top(n_rows, n_items, k)
     if k and n_rows:
         indptr, excluded = _no_exclusions(n_rows)
         _select_block(scores, k, indptr, excluded, values, columns)
