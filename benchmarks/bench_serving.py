@@ -8,9 +8,10 @@ Service: 100,000 customers with vectors and 1,000 offers published; `twotower se
 process; a second process sends `/invocations` at a constant rate over keep-alive connections
 (open loop: latency counts from when a request was due, so a stalled server is not hidden) for a
 few seconds per rate. Each request includes the customer's MongoDB lookup and the presented
-document's log write. Reported: p50 and p99 at 500 requests/s, errors, and the highest rate tried
-whose p99 stays within 5 ms. Reference: the same stack's floor, a FastAPI endpoint on uvicorn that
-only looks the customer's vector up (`find_one`) and returns it.
+document's log write. Reported: p50 and p99 at 500 requests/s, errors, and the highest rate of a sweep
+(50 to 500 requests/s, then on while it holds) whose p99 stays within 5 ms. Reference: the same
+stack's floor, a FastAPI endpoint on uvicorn that only looks the customer's vector up
+(`find_one`) and returns it, swept the same way.
 """
 
 from __future__ import annotations
@@ -198,6 +199,25 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+RATES = (50, 100, 200, 300, 400, 500, 750, 1000)
+
+
+def _sweep(label: str, port: int, bodies: list[bytes], seconds: float) -> tuple[dict, int]:
+    """Every rate up to 500 requests/s, then on while p99 stays within the budget: the results by
+    rate, and the highest rate whose p99 is within the budget with no errors (0 if none)."""
+    _measure(port, bodies, 100, 2.0)  # warm-up: first requests load code paths and caches
+    found, best = {}, 0
+    for rate in RATES:
+        result = found[rate] = _measure(port, bodies, rate, seconds)
+        print(f"  {label} {rate} req/s: p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms, "
+              f"{result['errors']} errors, achieved {result['achieved']:.0f}/s", flush=True)
+        if result["p99"] <= P99_BUDGET_MS and result["errors"] == 0:
+            best = max(best, rate)
+        elif rate >= 500:
+            break
+    return found, best
+
+
 def service_rows(uri: str, quick: bool) -> list[dict]:
     n_customers = 20_000 if quick else 100_000
     seconds = 3.0 if quick else 6.0
@@ -214,17 +234,7 @@ def service_rows(uri: str, quick: bool) -> list[dict]:
         port = _free_port()
         served = _start([str(BIN / "twotower"), "serve", "--port", str(port)], env, port)
         try:
-            _measure(port, bodies, 100, 2.0)  # warm-up: first requests load code paths and caches
-            at_500 = _measure(port, bodies, 500, seconds)
-            best = None
-            for rate in (250, 500, 750, 1000, 1500):
-                found = at_500 if rate == 500 else _measure(port, bodies, rate, seconds)
-                print(f"  {rate} req/s: p50 {found['p50']:.2f} ms, p99 {found['p99']:.2f} ms, "
-                      f"{found['errors']} errors, achieved {found['achieved']:.0f}/s", flush=True)
-                if found["p99"] <= P99_BUDGET_MS and found["errors"] == 0:
-                    best = rate
-                elif rate > 500:
-                    break
+            ours, ours_best = _sweep("ours", port, bodies, seconds)
         finally:
             _stop(served)
         logged = store.collection(names.PRESENTED).count_documents({"predictor": PREDICTOR})
@@ -236,17 +246,17 @@ def service_rows(uri: str, quick: bool) -> list[dict]:
         floor = _start([str(BIN / "uvicorn"), "floor_app:app", "--port", str(port), "--log-level", "warning",
                         "--no-access-log"], env, port, cwd=str(floor_dir))
         try:
-            _measure(port, bodies, 100, 2.0)
-            floor_500 = _measure(port, bodies, 500, seconds)
+            floor_rates, floor_best = _sweep("floor", port, bodies, seconds)
         finally:
             _stop(floor)
+        at_500, floor_500 = ours[500], floor_rates[500]
         rows += [
             {"figure": "/invocations p50 at 500 req/s (lookup + rank + log)", "ours": at_500["p50"],
              "reference": floor_500["p50"], "unit": "ms (reference: FastAPI find_one only)"},
             {"figure": "/invocations p99 at 500 req/s", "ours": at_500["p99"], "reference": floor_500["p99"],
              "unit": f"ms (errors: ours {at_500['errors']}, reference {floor_500['errors']})"},
-            {"figure": f"highest rate tried with p99 <= {P99_BUDGET_MS:.0f} ms, no errors", "ours": best or 0,
-             "reference": 500, "unit": "req/s (reference: the 500 req/s aim)"},
+            {"figure": f"highest rate tried with p99 <= {P99_BUDGET_MS:.0f} ms, no errors", "ours": ours_best,
+             "reference": floor_best, "unit": "req/s (reference: the find_one floor; the aim is 500)"},
         ]
     finally:
         for name in store.client.list_database_names():

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 def format_table(rows: list[dict]) -> str:
     header = ("figure", "ours", "reference", "ratio", "unit")
     lines = [
-        [r["figure"], _number(r["ours"]), _number(r["reference"]), _ratio(r["ours"] / r["reference"]), r["unit"]]
+        [r["figure"], _number(r["ours"]), _number(r["reference"]), _ratio(r["ours"], r["reference"]), r["unit"]]
         for r in rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -59,7 +59,11 @@ def format_table(rows: list[dict]) -> str:
     )
 
 
-def _ratio(value: float) -> str:
+def _ratio(ours: float, reference: float) -> str:
+    """ours / reference; "-" where the reference is 0 (a rate neither side reached)."""
+    if reference == 0:
+        return "-"
+    value = ours / reference
     return f"{value:.2f}" if value >= 0.01 else f"{value:.4f}"
 
 

@@ -30,7 +30,9 @@ MAX_KEY_LENGTH = 64
 MAX_KEYS = 32
 #: Why a context value was dropped (counted per flatten as `dropped_context_<reason>`).
 DROP_REASONS = ("malformed", "bad_key", "non_scalar", "too_long", "too_many")
-_KEY = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_KEY_LENGTH}}}$")
+#: A usable key (the serving side validates requests with the same pattern).
+KEY_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_KEY_LENGTH}}}$"
+_KEY = re.compile(KEY_PATTERN)
 
 
 def context_column(key: str) -> str:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pymongo.errors import PyMongoError
 
 from twotower_pipeline import offline
-from twotower_pipeline.ingest.context import MAX_KEY_LENGTH, MAX_KEYS, MAX_TEXT_LENGTH, context_row
+from twotower_pipeline.ingest.context import KEY_PATTERN, MAX_KEY_LENGTH, MAX_KEYS, MAX_TEXT_LENGTH, context_row
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.serving import workbench
 from twotower_pipeline.serving.live import LiveEmbeddings, NothingLive
@@ -54,7 +54,7 @@ DAGSTER_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 #: A request's context follows the flatten's rule (`ingest.context`): what it would drop is refused here.
-ContextKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[A-Za-z0-9_-]+$")]
+ContextKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)]
 Scalar = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)], None]
 
 
