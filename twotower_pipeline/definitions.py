@@ -4,6 +4,7 @@ import dagster as dg
 
 from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
 from twotower_pipeline.defs.automation import publish_sensor, refresh_sensor
+from twotower_pipeline.defs.executors import step_processes
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
@@ -42,4 +43,5 @@ defs = dg.Definitions(
     schedules=[daily_flatten_schedule, weekly_retrain_schedule],
     sensors=[publish_sensor, refresh_sensor, orphaned_runs_sensor],
     resources=build_resources(),
+    executor=step_processes,
 )

@@ -119,3 +119,21 @@ def test_dg_check_defs_passes():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_steps_fork_from_a_server_that_imported_the_definitions_and_nothing_else():
+    """The executor's forkserver imports the definitions once and forks every step from it: that is
+    only safe while importing them starts no thread and opens no connection."""
+    jobs = ["retrain_job", "score_job"] + ([] if os.environ.get("TWOTOWER_CELERY_BROKER") else ["score_fanout_job"])
+    for job in jobs:
+        assert defs.resolve_job_def(job).executor_def.name == "multiprocess_forkserver", job
+    probe = ("import socket, threading\n"
+             "opened = []\n"
+             "socket.socket.connect = lambda self, address: opened.append(address)\n"
+             "import twotower_pipeline.definitions\n"
+             "print(threading.active_count(), opened)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TWOTOWER_CELERY_BROKER"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "1 []"

@@ -12,13 +12,11 @@ from pydantic import Field
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import BatchScoringConfig, score_and_keep, score_shards
+from twotower_pipeline.defs.executors import CELERY_BROKER_ENV, fanout_executor  # noqa: F401 (re-exported)
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.store import embeddings, names
 from twotower_pipeline.store.slices import SlicedCollection
 
-#: A Celery broker URL (e.g. pyamqp://guest:guest@127.0.0.1:5672//): the fan-out's steps go to
-#: Celery workers (`dagster-celery worker start`); unset: to processes of the run's own machine.
-CELERY_BROKER_ENV = "TWOTOWER_CELERY_BROKER"
 SCORED_COLUMNS = ["customer_id", "offer", "accepted"]
 
 
@@ -72,14 +70,7 @@ def scored(context: dg.OpExecutionContext, config: PublishScoresConfig, mongo: M
     return summary
 
 
-def _executor() -> dg.ExecutorDefinition:
-    if os.environ.get(CELERY_BROKER_ENV):
-        from dagster_celery import celery_executor
-        return celery_executor.configured({"broker": {"env": CELERY_BROKER_ENV}, "backend": "rpc://"})
-    return dg.multiprocess_executor
-
-
-@dg.job(executor_def=_executor(), description="Batch recommendations of a gated run, a step per customer "
+@dg.job(executor_def=fanout_executor(), description="Batch recommendations of a gated run, a step per customer "
         "shard in one run (processes, or Celery workers with TWOTOWER_CELERY_BROKER); then publish_scores_job.")
 def score_fanout_job():
     scored(customer_shards().map(score_shard).collect())
