@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from twotower_pipeline.definitions import defs
+from twotower_pipeline.defs.executors import CELERY_BROKER_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_dg_check_defs_passes():
 def test_steps_fork_from_a_server_that_imported_the_definitions_and_nothing_else():
     """The executor's forkserver imports the definitions once and forks every step from it: that is
     only safe while importing them starts no thread and opens no connection."""
-    jobs = ["retrain_job", "score_job"] + ([] if os.environ.get("TWOTOWER_CELERY_BROKER") else ["score_fanout_job"])
+    jobs = ["retrain_job", "score_job"] + ([] if os.environ.get(CELERY_BROKER_ENV) else ["score_fanout_job"])
     for job in jobs:
         assert defs.resolve_job_def(job).executor_def.name == "multiprocess_forkserver", job
     probe = ("import socket, threading\n"
@@ -132,7 +133,7 @@ def test_steps_fork_from_a_server_that_imported_the_definitions_and_nothing_else
              "socket.socket.connect = lambda self, address: opened.append(address)\n"
              "import twotower_pipeline.definitions\n"
              "print(threading.active_count(), opened)\n")
-    env = {k: v for k, v in os.environ.items() if k != "TWOTOWER_CELERY_BROKER"}
+    env = {k: v for k, v in os.environ.items() if k != CELERY_BROKER_ENV}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120,
                             cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ import yaml
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
-from twotower_pipeline.defs.scoring_fanout import CELERY_BROKER_ENV
+from twotower_pipeline.defs.executors import CELERY_BROKER_ENV
 from twotower_pipeline.store.slices import SlicedCollection
 from twotower_pipeline_tests.test_automation import ASSETS, OPEN_GATE, _publish, _train_and_gate
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import BatchScoringConfig, score_and_keep, score_shards
-from twotower_pipeline.defs.executors import CELERY_BROKER_ENV, fanout_executor  # noqa: F401 (re-exported)
+from twotower_pipeline.defs.executors import fanout_executor
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.store import embeddings, names
 from twotower_pipeline.store.slices import SlicedCollection
