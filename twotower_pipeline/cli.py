@@ -133,7 +133,8 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from twotower_pipeline.serving.api import ServeSettings, create_app
+    from twotower_pipeline.serving.app import create_app
+    from twotower_pipeline.serving.settings import ServeSettings
 
     api_key = args.api_key or os.environ.get("TWOTOWER_API_KEY") or None
     try:

@@ -416,7 +416,8 @@ def test_the_runtime_answers_503_while_the_server_is_down_and_logs_every_answere
     without the URI, and afterwards it serves again; exact counts at the end."""
     from fastapi.testclient import TestClient
 
-    from twotower_pipeline.serving.api import ServeSettings, create_app
+    from twotower_pipeline.serving.app import create_app
+    from twotower_pipeline.serving.settings import ServeSettings
 
     store = env["store"]
     predictor = store.collection(names.RUNS).find_one({"run_id": "run_a"})["predictor"]

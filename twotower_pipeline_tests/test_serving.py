@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from twotower_pipeline import publishing
-from twotower_pipeline.serving.api import ServeSettings, create_app
+from twotower_pipeline.serving.app import create_app
+from twotower_pipeline.serving.settings import ServeSettings
 from twotower_pipeline.serving.scorer import SimilarityScorer
 from twotower_pipeline.store import names
 

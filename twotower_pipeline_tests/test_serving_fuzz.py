@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from twotower_pipeline.serving.api import ServeSettings, create_app
+from twotower_pipeline.serving.app import create_app
+from twotower_pipeline.serving.settings import ServeSettings
 
 
 EXCLUDED = re.compile(r"/train|/batch-score|/api/v1/jobs/")
