@@ -134,7 +134,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from twotower_pipeline.serving.app import create_app
-    from twotower_pipeline.serving.settings import ServeSettings
+    from twotower_pipeline.serving.settings import CampaignSettings, ServeSettings
 
     api_key = args.api_key or os.environ.get("TWOTOWER_API_KEY") or None
     try:
@@ -146,9 +146,9 @@ def cmd_serve(args) -> int:
         raise SystemExit(f"twotower serve: binding {args.host} (not loopback) needs an API key: set TWOTOWER_API_KEY "
                          "or pass --api-key")
     settings = ServeSettings(
-        api_key=api_key, metric=args.metric, sidecar=args.sidecar or os.environ.get("TWOTOWER_SIDECAR") or None,
+        runtime_key=api_key, metric=args.metric, sidecar=args.sidecar or os.environ.get("TWOTOWER_SIDECAR") or None,
         dagster_url=args.dagster_url or os.environ.get("TWOTOWER_DAGSTER_URL") or None,
-        campaigns=tuple(args.campaign or ()), reload_s=args.reload_seconds)
+        campaigns={name: CampaignSettings() for name in args.campaign or ()}, reload_s=args.reload_seconds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = _store()
     print(f"twotower serve: http://{args.host}:{args.port} (MongoDB {store.describe()}; OpenAPI at /docs)",

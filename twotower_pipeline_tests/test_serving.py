@@ -169,7 +169,7 @@ def test_bodies_are_capped_and_an_api_key_is_asked_for_when_set(served):
                                headers={"content-type": "application/json"})
         broken = client.post("/invocations", content=b"{not json", headers={"content-type": "application/json"})
     assert big.status_code == 413 and streamed.status_code == 413 and broken.status_code == 422
-    with _client(store, api_key="s3cret-key") as client:
+    with _client(store, runtime_key="s3cret-key") as client:
         assert client.post("/invocations", json=_invocation(traffic)).status_code == 401
         assert client.post("/invocations", json=_invocation(traffic),
                            headers={"X-API-Key": "wrong"}).status_code == 401

@@ -21,9 +21,9 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.settings.api_key and scope["path"] not in self.OPEN_PATHS:
+        if self.settings.runtime_key and scope["path"] not in self.OPEN_PATHS:
             given = headers.get(b"x-api-key", b"").decode("latin-1")
-            if not secrets.compare_digest(given, self.settings.api_key):
+            if not secrets.compare_digest(given, self.settings.runtime_key):
                 return await reject(send, 401, "missing or wrong X-API-Key header")
         limit = self.settings.max_body_bytes
         length = headers.get(b"content-length")

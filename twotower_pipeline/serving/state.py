@@ -100,7 +100,7 @@ class Runtime:
     def _remote_vector(self, run_id: str, row: dict) -> np.ndarray:
         import httpx
         if self._sidecar_client is None:
-            headers = {"X-API-Key": self.settings.api_key} if self.settings.api_key else {}
+            headers = {"X-API-Key": self.settings.runtime_key} if self.settings.runtime_key else {}
             self._sidecar_client = httpx.Client(base_url=self.settings.sidecar.rstrip("/"), timeout=5.0,
                                                 headers=headers)
         try:
