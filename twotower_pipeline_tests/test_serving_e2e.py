@@ -23,6 +23,7 @@ import pytest
 from twotower_pipeline.definitions import defs
 from twotower_pipeline.store import names
 from twotower_pipeline.store.slices import SlicedCollection
+from twotower_pipeline_tests.serving_client import RUNTIME_KEY, WORKBENCH_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -97,13 +98,15 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
                        tmp_path / "dagster-dev.log")
     try:
         serve_command = [str(BIN / "twotower"), "serve", "--port", str(serve_port), "--sidecar", "local",
-                         "--dagster-url", f"http://127.0.0.1:{dagster_port}"]
+                         "--dagster-url", f"http://127.0.0.1:{dagster_port}",
+                         "--runtime-key", RUNTIME_KEY, "--workbench-key", WORKBENCH_KEY]
         served = _start(serve_command, env, f"http://127.0.0.1:{serve_port}/pytorch/health",
                         tmp_path / "serve.log")
         rng = np.random.default_rng(11)
         customers = sorted(traffic.logs.customer_features["customer_id"])
         shown, accepted, responses = [], set(), 0
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30,
+                          headers={"X-API-Key": RUNTIME_KEY}) as client:
             for _ in range(REQUESTS):
                 customer = str(rng.choice(customers))
                 reply = client.post("/invocations", json={"campaign": predictor, "subcampaign": "e2e",
@@ -145,7 +148,8 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
 
         # training (the sidecar's documented train request) and batch scoring (the workbench's) as Dagster runs
         served = _start(serve_command, env, f"http://127.0.0.1:{serve_port}/pytorch/health", tmp_path / "serve2.log")
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60,
+                          headers={"X-API-Key": WORKBENCH_KEY}) as client:
             wrong_source = client.post("/pytorch/train", json={
                 "model_type": "two_tower", "data": {"source": {"database": "logging", "collection": "other"}},
                 "hyperparameters": {"predictor": predictor}})

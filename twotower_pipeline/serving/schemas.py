@@ -2,15 +2,21 @@
 
 Ids are strings (a document such as `{"$gt": ""}` in their place is refused before any query),
 sizes and `numberoffers` are bounded, unknown fields are refused; FastAPI answers a body that
-breaks them with 422 and the list of what is wrong where.
+breaks them with 422 and the list of what is wrong where. What storage or the answer itself cannot
+carry is refused here too, never a 500 later: an integer beyond 64 bits (BSON has none), NaN and
+infinity (Python's json reads the literals `NaN` and `Infinity`), a lone surrogate (`"\\ud800"`
+is valid JSON, not UTF-8).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool,
+                      StrictFloat, StrictInt, StrictStr, ValidationError, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from twotower_pipeline.ingest.context import KEY_PATTERN, MAX_KEY_LENGTH, MAX_KEYS, MAX_TEXT_LENGTH
 
@@ -18,14 +24,112 @@ from twotower_pipeline.ingest.context import KEY_PATTERN, MAX_KEY_LENGTH, MAX_KE
 MAX_NUMBER_OFFERS = 100
 MAX_INSTANCES = 1000
 DAGSTER_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: The integers BSON (and so every logged or recorded document) can hold.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+#: Deepest nesting a free-form value (training hyper-parameters) may have.
+MAX_DEPTH = 32
+
+
+def check_value(value, where: str = "") -> None:
+    """ValueError naming where (a dotted path under `where`) for what storage or a JSON answer
+    cannot hold: an integer beyond 64 bits, NaN or infinity, a string that is not UTF-8 (a lone
+    surrogate), nesting deeper than MAX_DEPTH."""
+    pending = [(value, where, 0)]
+    while pending:
+        value, where, depth = pending.pop()
+        prefix = f"{where}: " if where else ""
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise ValueError(f"{prefix}an integer outside the signed 64-bit range (-2**63 .. 2**63-1)")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{prefix}NaN and infinity are not numbers this service takes")
+        elif isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{prefix}not valid UTF-8 text (a lone surrogate)") from None
+        elif isinstance(value, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"{prefix}nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    pending.append((key, f"{where} (a key)" if where else "a key", depth + 1))
+                path = (f"{where}.{key}" if where else str(key)) if isinstance(value, dict) else f"{where}[{key}]"
+                pending.append((item, path, depth + 1))
+
+
+def _utf8(value: str) -> str:
+    check_value(value)
+    return value
+
+
+def _storable(value):
+    check_value(value)
+    return value
+
+
+#: A string MongoDB can store and a JSON answer can echo.
+Text = AfterValidator(_utf8)
+Id = Annotated[StrictStr, Field(min_length=1, max_length=200), Text]
 #: A request's context follows the flatten's rule (`ingest.context`): what it would drop is refused here.
 ContextKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)]
-Scalar = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)], None]
+Scalar = Annotated[Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)],
+                         None], BeforeValidator(_storable)]
+#: A feature value: finite (a NaN would become a vector of NaN), and no integer beyond 64 bits
+#: (refused alike everywhere).
+Finite = Annotated[float, BeforeValidator(_storable), Field(allow_inf_nan=False)]
 
 
-class Strict(BaseModel):
+def _json_safe(value, depth: int = 0):
+    """`value` as a JSON answer can carry it: NaN and infinity as text, text without lone
+    surrogates, nesting cut at 8 levels (a deep body must not overflow the error's encoder)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= 8:
+            return "..."
+        if isinstance(value, dict):
+            return {_json_safe(str(k), depth + 1): _json_safe(v, depth + 1) for k, v in value.items()}
+        return [_json_safe(v, depth + 1) for v in value]
+    return value
+
+
+def _answerable(error: ValidationError) -> ValidationError:
+    """The same errors with inputs a JSON answer can carry: FastAPI's 422 echoes each error's
+    input, and a NaN or a lone surrogate there makes the answer itself fail (a 500)."""
+    errors = error.errors()
+    try:  # pydantic's own error types keep their type and context
+        return ValidationError.from_exception_data(error.title, [InitErrorDetails(
+            type=e["type"], loc=e["loc"], input=_json_safe(e["input"]), **({"ctx": e["ctx"]} if "ctx" in e else {}))
+            for e in errors])
+    except (KeyError, TypeError, ValueError):  # a type of a validator's own: its message as it was
+        return ValidationError.from_exception_data(error.title, [InitErrorDetails(
+            type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=_json_safe(e["input"]))
+            for e in errors])
+
+
+class Answerable(BaseModel):
+    """A request body whose validation errors can always be answered (see `_answerable`)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _answerable_errors(cls, data, handler):
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise _answerable(error) from None
+
+
+class Strict(Answerable):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -85,13 +189,13 @@ class ResponseAnswer(BaseModel):
     logged: bool
 
 
-class Instance(BaseModel):
+class Instance(Answerable):
     model_config = ConfigDict(extra="allow")
     customer_id: Optional[Id] = None
     offer: Optional[Id] = None
-    price: Optional[float] = None
-    rank: Optional[float] = None
-    score: Optional[float] = None
+    price: Optional[Finite] = None
+    rank: Optional[Finite] = None
+    score: Optional[Finite] = None
     tower: Literal["user", "item"] = "user"
 
     @model_validator(mode="after")
@@ -102,6 +206,7 @@ class Instance(BaseModel):
             if not (value is None or isinstance(value, (bool, int, float)) or
                     (isinstance(value, str) and len(value) <= 200)):
                 raise ValueError(f"feature {key!r} must be a number, a boolean or a string of up to 200 characters")
+            check_value(value, f"feature {key!r}")
         return self
 
 
@@ -126,7 +231,7 @@ class TrainSource(Strict):
     collection: Id = "ecosystemruntime_flatten"
     pipeline: list[dict[str, Any]] = Field(default_factory=list, max_length=0, description=(
         "Not supported (the training slice is a predictor and a window): must be empty."))
-    limit: Optional[StrictInt] = Field(default=None, ge=1)
+    limit: Optional[StrictInt] = Field(default=None, ge=1, le=INT64_MAX)
 
 
 class TrainData(Strict):
@@ -135,7 +240,7 @@ class TrainData(Strict):
     feature_columns: list[Id] = Field(default_factory=list, max_length=200)
     categorical_columns: list[Id] = Field(default_factory=list, max_length=200)
     train_test_split: float = Field(default=0.2, gt=0, lt=1)
-    random_state: StrictInt = 42
+    random_state: StrictInt = Field(default=42, ge=0, le=(1 << 32) - 1, description="The training seed.")
 
 
 class PytorchTrain(Strict):
@@ -143,14 +248,27 @@ class PytorchTrain(Strict):
     model_type: Literal["two_tower"] = "two_tower"
     problem_type: Literal["binary_classification"] = "binary_classification"
     data: TrainData = Field(default_factory=TrainData)
-    hyperparameters: dict[Id, Any] = Field(max_length=100, description=(
-        "SPEC §4 parameters; `predictor` is required, `from_date` / `to_date` optional."))
+    hyperparameters: Annotated[dict[Id, Any], AfterValidator(_storable)] = Field(max_length=100, description=(
+        "SPEC §4 parameters; `predictor` is required, `from_date` / `to_date` optional; no `run_id` "
+        "(the service names runs)."))
+
+
+class TrainParameters(RootModel[Annotated[dict[Id, Any], Field(max_length=100), AfterValidator(_storable)]]):
+    """The workbench's train request: SPEC §4 parameters, flat (no `run_id`: the service names runs)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _answerable_errors(cls, data, handler):
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise _answerable(error) from None
 
 
 class BatchScoreRequest(Strict):
     run_id: Id
     top_k: StrictInt = Field(default=10, ge=1, le=1000)
-    max_users: Optional[StrictInt] = Field(default=5000, ge=1)
+    max_users: Optional[StrictInt] = Field(default=5000, ge=1, le=(1 << 31) - 1)
     scores_collection: Literal["two_tower_scores"] = "two_tower_scores"
 
 
@@ -160,7 +278,7 @@ class ErrorAnswer(BaseModel):
     detail: Union[str, list[dict[str, Any]]]
 
 
-ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 404, 409, 413, 422, 502, 503)}
+ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 404, 409, 413, 421, 422, 429, 502, 503)}
 
 
 class ConceptTestRequest(Strict):

@@ -22,8 +22,9 @@ class Ranked:
 
     offers: list[str]
     scores: list[float]
-    ineligible: int = 0          # catalogue offers the request's eligibility left out
+    ineligible: int = 0          # catalogue offers the request's eligibility or exclusions left out
     unknown_eligible: tuple = ()  # eligible offers the scorer does not hold (no vector, or not in the catalogue)
+    candidates: int = 0          # offers the ranking chose from
 
 
 class SimilarityScorer:
@@ -62,9 +63,30 @@ class SimilarityScorer:
         i = self._index.get(offer)
         return None if i is None else self._items[i]
 
-    def rank(self, customer_vector, number_offers: int, eligible=None) -> Ranked:
+    def rank(self, customer_vector, number_offers: int, eligible=None, excluded=None) -> Ranked:
         """The top `number_offers` offers for the customer; `eligible` (offer names) restricts the
-        candidates; an eligible offer the scorer does not hold is reported, not an error."""
+        candidates and `excluded` (offer names) leaves some out; an eligible offer the scorer does
+        not hold is reported, not an error."""
+        user = self._query(customer_vector)
+        columns, unknown = self._candidates(eligible, excluded)
+        items_t = self._items_t if columns is None else self._items_t[:, columns]
+        scores, found = scoring.select_top_k_of(user @ items_t, number_offers)          # [1, N] -> [1, k]
+        kept = found[0] >= 0
+        chosen = found[0][kept] if columns is None else columns[found[0][kept]]
+        return self._ranked(chosen, scores[0][kept], columns, unknown)
+
+    def draw(self, customer_vector, number_offers: int, rng: np.random.Generator, eligible=None,
+             excluded=None) -> Ranked:
+        """`number_offers` of the same candidates as `rank`, in a uniformly drawn order (the first
+        places of a uniform permutation), each with its score."""
+        user = self._query(customer_vector)
+        columns, unknown = self._candidates(eligible, excluded)
+        n = len(self.offers) if columns is None else len(columns)
+        picked = rng.choice(n, size=min(int(number_offers), n), replace=False)
+        chosen = picked if columns is None else columns[picked]
+        return self._ranked(chosen, (user @ self._items_t[:, chosen])[0], columns, unknown)
+
+    def _query(self, customer_vector) -> np.ndarray:
         user = np.asarray(customer_vector, dtype=np.float32).reshape(1, -1)
         if user.shape[1] != self.dim:
             raise ValueError(f"the customer vector has length {user.shape[1]}, the run's offer vectors {self.dim}")
@@ -75,15 +97,25 @@ class SimilarityScorer:
             if norm == 0.0:
                 raise ValueError("the customer vector is zero: it has no direction to rank by")
             user = user / norm
+        return user
+
+    def _candidates(self, eligible, excluded) -> tuple[np.ndarray | None, tuple]:
+        """(the columns a request may be shown, None for all; eligible offers the scorer does not hold)."""
+        if eligible is None and not excluded:
+            return None, ()
+        unknown = ()
         if eligible is None:
-            columns, unknown, items_t = None, (), self._items_t
+            allowed = np.ones(len(self.offers), dtype=bool)
         else:
             wanted = list(dict.fromkeys(map(str, eligible)))
-            columns = np.asarray([self._index[o] for o in wanted if o in self._index], dtype=np.int64)
+            allowed = np.zeros(len(self.offers), dtype=bool)
+            allowed[[self._index[o] for o in wanted if o in self._index]] = True
             unknown = tuple(o for o in wanted if o not in self._index)
-            items_t = self._items_t[:, columns]
-        scores, found = scoring.select_top_k_of(user @ items_t, number_offers)          # [1, N] -> [1, k]
-        kept = found[0] >= 0
-        chosen = found[0][kept] if columns is None else columns[found[0][kept]]
-        return Ranked(offers=[self.offers[i] for i in chosen], scores=scores[0][kept].astype(float).tolist(),
-                      ineligible=0 if columns is None else len(self.offers) - len(columns), unknown_eligible=unknown)
+        if excluded:
+            allowed[[self._index[o] for o in excluded if o in self._index]] = False
+        return np.flatnonzero(allowed), unknown
+
+    def _ranked(self, chosen: np.ndarray, scores: np.ndarray, columns, unknown) -> Ranked:
+        candidates = len(self.offers) if columns is None else len(columns)
+        return Ranked(offers=[self.offers[i] for i in chosen], scores=scores.astype(float).tolist(),
+                      ineligible=len(self.offers) - candidates, unknown_eligible=unknown, candidates=candidates)

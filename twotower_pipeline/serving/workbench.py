@@ -4,12 +4,24 @@ and training and batch scoring launched as Dagster runs through the webserver's 
 A job id is the Dagster run id; `ecosystem_meta.two_tower_jobs` records what each job was asked
 to do (kind, the two-tower run id, the request), so its status and result survive a restart of
 the service. The status is Dagster's; the result is read from what the run wrote.
+
+Launches are bounded (`max_concurrent_launches` runs of this service's not finished at once) and
+may carry an idempotency key: the key is reserved in MongoDB (a unique index) before the launch,
+so a retried request, two identical requests at once, or a retry after a restart start one run
+and get the first answer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import threading
+import time
+from typing import Callable
 from urllib.parse import urlsplit
+
+from pymongo.errors import DuplicateKeyError
 
 from twotower_pipeline import offline
 from twotower_pipeline.store import names
@@ -18,10 +30,34 @@ from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection
 
 #: Dagster run statuses that are final.
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+#: Idempotency keys of launches: {key, fingerprint, state launching|launched, answer}.
+LAUNCH_KEYS = "ecosystem_meta.two_tower_launch_keys"
+#: A reservation still `launching` after this long was left by a process that died mid-launch:
+#: a retry takes it over (a launch gives up after the client's timeout, 30 s).
+STALE_RESERVATION_S = 120.0
 
 
 class LaunchError(RuntimeError):
     """Dagster could not be reached or refused the launch."""
+
+
+class TooManyLaunches(RuntimeError):
+    """`max_concurrent_launches` runs launched here are not finished yet."""
+
+
+class KeyReused(ValueError):
+    """An idempotency key sent again with a different request."""
+
+
+class KeyPending(RuntimeError):
+    """The launch holding an idempotency key has not answered yet."""
+
+
+def fingerprint(kind: str, body) -> str:
+    """What makes two requests "the same": the endpoint and the parsed body (key order and
+    spacing of the JSON do not matter)."""
+    text = json.dumps({"kind": kind, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _committed(store: MongoStore) -> list[tuple[str, dict]]:
@@ -72,6 +108,10 @@ class DagsterJobs:
                                  timeout=timeout_s, path_prefix=parts.path.rstrip("/"))
         self._client = None
         self.records = store.collection(names.JOBS)
+        self.keys = store.collection(LAUNCH_KEYS)
+        # the cap is checked and a run launched as one step: two requests at once cannot both pass
+        self._launching = threading.Lock()
+        self._indexed = False
 
     @property
     def client(self):
@@ -80,8 +120,93 @@ class DagsterJobs:
             self._client = DagsterGraphQLClient(**self._client_args)
         return self._client
 
-    def launch(self, kind: str, job_name: str, run_config: dict, *, run_id: str, request: dict) -> str:
-        """Submit `job_name` and record it; the Dagster run id (the job id)."""
+    def _indexes(self) -> None:
+        if not self._indexed:
+            self.records.create_index("job_id", unique=True)
+            self.keys.create_index("key", unique=True)
+            self._indexed = True
+
+    def launch(self, kind: str, job_name: str, run_config: dict, *, run_id: str, request: dict,
+               max_active: int = 2) -> str:
+        """Submit `job_name` and record it; the Dagster run id (the job id). TooManyLaunches when
+        `max_active` runs launched here are not finished."""
+        self._indexes()
+        with self._launching:
+            active = self.active()
+            if active >= max_active:
+                raise TooManyLaunches(f"{active} runs launched through this service are not finished "
+                                      f"(max_concurrent_launches {max_active}): try again once one is")
+            return self._submit(kind, job_name, run_config, run_id=run_id, request=request)
+
+    def active(self) -> int:
+        """Runs launched here that Dagster does not report finished; a finished one is marked so,
+        and never asked about again."""
+        from dagster_graphql import DagsterGraphQLClientError
+        count = 0
+        for record in self.records.find({"finished": {"$ne": True}}, {"job_id": 1}):
+            try:
+                status = self.client.get_run_status(record["job_id"]).value
+            except DagsterGraphQLClientError as error:
+                if not str(error.args[0] if error.args else "").endswith("NotFoundError"):
+                    raise LaunchError(f"Dagster at {self.url} could not be asked for run {record['job_id']}: "
+                                      f"{error}") from None
+                status = "NOT_FOUND"  # a run Dagster no longer knows runs nothing
+            except Exception as error:
+                raise LaunchError(f"Dagster at {self.url} could not be asked for run {record['job_id']}: "
+                                  f"{type(error).__name__}") from None
+            if status in FINISHED or status == "NOT_FOUND":
+                self.records.update_one({"_id": record["_id"]}, {"$set": {"finished": True}})
+            else:
+                count += 1
+        return count
+
+    def launch_once(self, key: str | None, print_: str, launch: Callable[[], dict],
+                    wait_s: float = 40.0) -> tuple[dict, bool]:
+        """(answer, replayed): `launch()`'s answer, or with a key already used for the same request
+        the first answer, without launching. The key is reserved before the launch (a unique
+        index: of two requests at once one launches, the other waits for its answer) and released
+        when the launch fails, so that a retry can launch."""
+        if key is None:
+            return launch(), False
+        self._indexes()
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = dt.datetime.now(dt.timezone.utc)
+            try:
+                reservation = self.keys.insert_one({"key": key, "fingerprint": print_, "state": "launching",
+                                                    "reserved_at": now}).inserted_id
+                break
+            except DuplicateKeyError:
+                found = self.keys.find_one({"key": key})
+            if found is None:
+                continue  # released in between: reserve it again
+            if found["fingerprint"] != print_:
+                raise KeyReused(f"Idempotency-Key {key!r} was sent before with a different request: a key "
+                                "names one request; use a new key for a new one")
+            if found["state"] == "launched":
+                return found["answer"], True
+            stale = now - found["reserved_at"].replace(tzinfo=dt.timezone.utc) > dt.timedelta(
+                seconds=STALE_RESERVATION_S)
+            if stale and self.keys.find_one_and_update(
+                    {"_id": found["_id"], "state": "launching", "reserved_at": found["reserved_at"]},
+                    {"$set": {"reserved_at": now}}) is not None:
+                reservation = found["_id"]
+                break
+            if time.monotonic() > deadline:
+                raise KeyPending(f"the request with Idempotency-Key {key!r} is still being launched: "
+                                 "ask again in a moment")
+            time.sleep(0.05)
+        try:
+            answer = launch()
+        except BaseException:
+            self.keys.delete_one({"_id": reservation, "state": "launching"})
+            raise
+        self.keys.update_one({"_id": reservation}, {"$set": {
+            "state": "launched", "answer": answer, "job_id": answer.get("job_id"),
+            "launched_at": dt.datetime.now(dt.timezone.utc)}})
+        return answer, False
+
+    def _submit(self, kind: str, job_name: str, run_config: dict, *, run_id: str, request: dict) -> str:
         from dagster_graphql import DagsterGraphQLClientError
         try:
             job_id = self.client.submit_job_execution(job_name, run_config=run_config,
@@ -91,14 +216,13 @@ class DagsterJobs:
         except Exception as error:  # requests' connection errors and gql transport errors
             raise LaunchError(f"Dagster at {self.url} could not be reached to launch {job_name}: "
                               f"{type(error).__name__}") from None
-        self.records.create_index("job_id", unique=True)
         self.records.insert_one({"job_id": job_id, "kind": kind, "job_name": job_name, "run_id": run_id,
                                  "request": request, "created_at": dt.datetime.now(dt.timezone.utc)})
         return job_id
 
     def status(self, job_id: str) -> dict | None:
         """{job_id, kind, job_name, run_id, status, result} or None for an unknown job id."""
-        record = self.records.find_one({"job_id": job_id}, {"_id": 0, "request": 0})
+        record = self.records.find_one({"job_id": job_id}, {"_id": 0, "request": 0, "finished": 0})
         if record is None:
             return None
         try:

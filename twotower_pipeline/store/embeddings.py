@@ -234,6 +234,17 @@ class Publisher:
             return None
         return snapshot if committed and snapshot.write_id == committed["write_id"] else None
 
+    def refreshed_vectors(self, tower_name: str, run_id: str) -> tuple[list[str], np.ndarray]:
+        """(keys, vectors [n, d]) a refresh of the run added or changed since it was published, read in
+        batches; empty when nothing was refreshed."""
+        spec = self.tower(tower_name)
+        keys, vectors = [], []
+        projection = {"_id": 0, spec.key_field: 1, spec.vector_field: 1}
+        for document in self._refreshed(spec, run_id).find({}, projection, batch_size=INSERT_BATCH):
+            keys.append(str(document[spec.key_field]))
+            vectors.append(document[spec.vector_field])
+        return keys, np.asarray(vectors, dtype=np.float32).reshape(len(keys), len(vectors[0]) if vectors else 0)
+
     def run_counts(self, run_id: str) -> dict[str, int]:
         """{tower: documents} of a run whose collections are committed and whole (every slice the
         tower needs); else PublishError."""

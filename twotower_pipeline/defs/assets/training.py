@@ -4,6 +4,7 @@ collections the runtime reads."""
 import base64
 import datetime as dt
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
 from twotower_pipeline.model.plots import training_curve_png
 from twotower_pipeline.runs import TrainedRun, new_run_id, run_document
-from twotower_pipeline.store import embeddings, frames, names
+from twotower_pipeline.store import artefacts, embeddings, frames, names
 from twotower_pipeline.store.slices import ALL, SlicedCollection
 
 GROUP = "model_training"
@@ -88,7 +89,9 @@ class TwoTowerConfig(dg.Config):
     decline_sampling: str = Field(default=_DEFAULTS.decline_sampling,
                                   description="auto | off | always: sampled declines for the pointwise term (ours).")
     seed: int = Field(default=_DEFAULTS.seed, description="Same seed, same data, same machine: same model.")
-    run_id: Optional[str] = Field(default=None, description="Generated when empty (letters, digits, _ - .).")
+    run_id: Optional[str] = Field(default=None, description="Generated when empty (letters, digits, _ - .). A stored "
+                                  "run's id is refused, unless asked again with its parameters on its training frame "
+                                  "(its towers come back, untouched).")
 
     @model_validator(mode="after")
     def _valid_parameters(self):
@@ -119,12 +122,18 @@ def two_tower_model(
     params = config.params()
     frame_collection = SlicedCollection(mongo.store(), names.TRAINING_FRAME)
     frame_version = (frame_collection.committed_write_ids() or {}).get(ALL)
+    run_id = config.run_id or new_run_id()
+    requested = json.loads(json.dumps(params.to_dict()))
+    runs = mongo.store().collection(names.RUNS)
+    document_before = runs.find_one({"run_id": run_id}, {"updated_at": 1})
+    stored = _stored_towers(mongo.store(), run_id)
+    if stored is not None:  # before the frame is read: a refused run id costs nothing
+        return _same_run_again(context, mongo, run_id, stored, requested, frame_version)
     training_frame = frame_collection.read()
     if training_frame.empty:
         raise dg.Failure(description=f"{names.TRAINING_FRAME} is empty: materialise training_frame first")
     predictors = sorted(training_frame["predictor"].dropna().unique()) if "predictor" in training_frame else []
     predictor = predictors[0] if len(predictors) == 1 else ",".join(predictors)
-    run_id = config.run_id or new_run_id()
     started = time.monotonic()
     try:
         result = train_two_tower(training_frame, params, log=context.log.info)
@@ -136,10 +145,17 @@ def two_tower_model(
                          n_rows=result.n_rows, epochs_run=result.epochs_run),
         model=result.model,
         details={"best_epoch": result.best_epoch, "metrics": result.metrics, "history": result.history,
-                 "parameters": result.params.to_dict(), "dagster_run_id": context.run_id,
+                 "parameters": result.params.to_dict(), "requested_parameters": requested,
+                 "dagster_run_id": context.run_id,
                  # offline scoring rebuilds the held-out split from this very frame
                  "training_frame_write_id": frame_version},
     )
+    # another training of this run id that finished meanwhile keeps what it stored
+    document_now = runs.find_one({"run_id": run_id}, {"updated_at": 1})
+    if _stored_towers(mongo.store(), run_id) is not None or (
+            document_now is not None and (document_before or {}).get("updated_at") != document_now["updated_at"]):
+        raise dg.Failure(description=f"run_id {run_id!r} was stored by another training while this one trained: "
+                         "it keeps its towers; leave run_id empty for a new run id")
     publishing.save_run_document(mongo.store(), run)
     curve = training_curve_png(result.history, metric_name=result.validation_metric, best_epoch=result.best_epoch,
                                title=f"run {run_id}")
@@ -166,6 +182,39 @@ def two_tower_model(
             ),
         },
     )
+
+
+def _stored_towers(store, run_id: str) -> dict | None:
+    """The GridFS metadata of the newest stored towers named `run_id` (without reading them)."""
+    files = store.database(artefacts.ARTEFACT_DATABASE)[f"{artefacts.ARTEFACT_BUCKET}.files"]
+    found = files.find_one({"filename": "two_tower_model", "metadata.run_id": run_id}, {"metadata": 1},
+                           sort=[("uploadDate", -1)])
+    return found["metadata"] if found else None
+
+
+def _same_run_again(context: dg.AssetExecutionContext, mongo: MongoResource, run_id: str, stored: dict,
+                    requested: dict, frame_version) -> dg.Output[TrainedRun]:
+    """A run id names one set of towers: its kept and published vectors and the sidecar's customer
+    vectors were made with them, and towers trained again under the same id would be served against
+    the old vectors. Asked again with the same parameters on the same training frame (a retry, a
+    re-execution), the stored towers are the answer, untouched; anything else fails."""
+    details = json.loads(stored.get("config") or "{}").get("details", {})
+    trained_by = details.get("dagster_run_id") or stored.get("dagster_run_id")
+    same = (frame_version is not None and details.get("training_frame_write_id") == frame_version
+            and details.get("requested_parameters") == requested)
+    if not same:
+        raise dg.Failure(description=(
+            f"run_id {run_id!r} already names a stored run (trained by Dagster run {trained_by}"
+            f"{'' if frame_version == details.get('training_frame_write_id') else ' on another training frame'}"
+            f"{'' if details.get('requested_parameters') == requested else ' with other parameters'}): a run id "
+            "names one set of towers, and its embeddings were made with them; leave run_id empty for a new run id, "
+            "or choose one not used yet"))
+    run = artefacts.load_artefact(mongo.store(), "two_tower_model", run_id=run_id)
+    context.log.info(f"run {run_id} was trained by Dagster run {trained_by} with these parameters on this "
+                     "training frame: its stored towers are the answer, not trained again")
+    return dg.Output(run, metadata={"run_id": run_id, "predictor": run.run.get("predictor"),
+                                    "trained_by_dagster_run": str(trained_by), "trained_again": False,
+                                    "n_rows": run.run.get("n_rows")})
 
 
 EMBEDDING_CHECKS = ("unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources")

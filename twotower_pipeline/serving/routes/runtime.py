@@ -1,11 +1,14 @@
-"""The runtime's endpoints (SPEC §7): `/invocations` ranks the live run's offers for a customer and
-logs the presented document; `/response` logs which of them the customer accepted."""
+"""The runtime's endpoints (SPEC §7): `/invocations` ranks the live run's offers for a customer
+and logs the presented document; `/response` logs which of them the customer accepted; `/health`
+says whether the service can answer and its logs reach MongoDB."""
 
 from __future__ import annotations
 
 import uuid as uuid_lib
 
 from fastapi import APIRouter, HTTPException
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 
 from twotower_pipeline.serving.live import NothingLive
 from twotower_pipeline.serving.schemas import InvocationRequest, InvocationResponse, ResponseAnswer, ResponseRequest
@@ -17,52 +20,59 @@ router = APIRouter(tags=["runtime"])
 
 @router.post("/invocations", response_model=InvocationResponse,
              responses={404: {"description": "unknown campaign, or a customer without a vector"},
-                        503: {"description": "nothing is live yet"}})
+                        503: {"description": "nothing is live yet, or the log journal is full"}})
 def invocations(request: InvocationRequest, runtime: ServedRuntime):
-    """Rank the offer matrix for one customer with the live run; log the presented document."""
+    """Rank the offer matrix for one customer with the live run; log the presented document
+    (journaled before the answer: an answered request is never lost)."""
     try:
-        scorer = runtime.live.scorer
+        served = runtime.live.served
     except NothingLive as error:
         raise HTTPException(503, str(error)) from None
-    served = {runtime.live.predictor, *runtime.settings.campaigns} - {None}
-    if request.campaign not in served:
-        raise HTTPException(404, f"unknown campaign {request.campaign!r}: this runtime serves {sorted(served)}")
+    campaigns = runtime.campaigns(served)
+    if request.campaign not in campaigns:
+        raise HTTPException(404, f"unknown campaign {request.campaign!r}: this runtime serves {sorted(campaigns)}")
     try:
-        vector, source = runtime.customer_vector(scorer.run_id, request)
+        vector, source = runtime.customer_vector(served, request)
     except LookupError:  # the local sidecar found no stored towers of the live run
-        raise HTTPException(404, f"run {scorer.run_id} has no stored towers to embed customer "
+        raise HTTPException(404, f"run {served.run_id} has no stored towers to embed customer "
                                  f"{request.customer!r} with") from None
     if vector is None:
         runtime.counts["no_vector"] += 1
-        raise HTTPException(404, f"customer {request.customer!r} has no vector in run {scorer.run_id} and no "
+        raise HTTPException(404, f"customer {request.customer!r} has no vector in run {served.run_id} and no "
                                  "sidecar is configured: the offers cannot be ranked")
-    ranked = scorer.rank(vector, request.numberoffers, request.eligible_offers)
+    policy = runtime.policy(request.campaign)
+    excluded = runtime.accepted_by(request.campaign, request.customer) if policy.exclude_accepted else None
+    shown = runtime.explorer.present(served.scorer, vector, request.numberoffers, epsilon=policy.epsilon,
+                                     eligible=request.eligible_offers, excluded=excluded)
+    ranked, details = shown.ranked, served.scorer.details
     request_id = str(uuid_lib.uuid4())
-    final_result = []
-    for position, (offer, score) in enumerate(zip(ranked.offers, ranked.scores), start=1):
-        final_result.append({"rank": position, "result": {"offer": offer, "offer_name": offer, "score": score}})
+    final_result = [{"rank": position, "result": {"offer": offer, "offer_name": offer, "score": score}}
+                    for position, (offer, score) in enumerate(zip(ranked.offers, ranked.scores), start=1)]
     document = {
-        "uuid": request_id, "predictor": request.campaign, "date_log": now(), "run_id": scorer.run_id,
+        "_id": request_id, "uuid": request_id, "predictor": request.campaign, "date_log": now(),
+        "run_id": served.run_id,
         "api_params": {"customer": request.customer, "channel": request.channel, "campaign": request.campaign,
                        "subcampaign": request.subcampaign, "numberoffers": request.numberoffers,
                        "userid": request.userid},
         "params": [{"key": "customer", "value": request.customer}],
         "in_params": dict(request.in_params),
         "vector_source": source,
-        "final_result": [{"rank": r["rank"], "result": {
-            **r["result"], "final_score": r["result"]["score"], **scorer.details.get(r["result"]["offer"], {})}}
-            for r in final_result],
-        "explore": 0,
+        "final_result": [{"rank": item["rank"], "result": {
+            **item["result"], "final_score": item["result"]["score"], **details.get(item["result"]["offer"], {}),
+            "propensity": propensity}} for item, propensity in zip(final_result, shown.propensities)],
+        "explore": int(shown.explore), "epsilon": policy.epsilon, "candidates": ranked.candidates,
+        "excluded_accepted": len(excluded or ()),
     }
+    runtime.log(names.PRESENTED, document)
     runtime.remember(document)
-    runtime.logs.write(names.PRESENTED, document)
-    return {"final_result": final_result, "explore": 0, "uuid": request_id}
+    return {"final_result": final_result, "explore": int(shown.explore), "uuid": request_id}
 
 
 @router.post("/response", response_model=ResponseAnswer,
              responses={404: {"description": "unknown uuid"}, 422: {"description": "an offer that was not shown"}})
 def response(request: ResponseRequest, runtime: ServedRuntime):
-    """Log which of a presented request's offers the customer accepted."""
+    """Log which of a presented request's offers the customer accepted; the same response sent
+    twice (a client's retry) is stored once."""
     presented = runtime.presented(request.uuid)
     if presented is None:
         raise HTTPException(404, f"unknown uuid {request.uuid!r}: no presented request has it")
@@ -71,11 +81,12 @@ def response(request: ResponseRequest, runtime: ServedRuntime):
     not_shown = [name for name in accepted if name not in shown]
     if not_shown:
         raise HTTPException(422, f"offers {not_shown} were not presented in request {request.uuid}")
-    channel = request.channel_name or presented.get("api_params", {}).get("channel")
-    runtime.logs.write(names.RESPONSES, {
-        "uuid": request.uuid, "predictor": presented.get("predictor"), "date_log": now(),
-        "response": {"offers_accepted": [{"offer_name": name, "offer": name} for name in accepted],
-                     "channel_name": channel},
-        "response_log": {k: v for k, v in presented.items() if k != "_id"},
-    })
+    runtime.log_response(presented, accepted, request.channel_name or presented.get("api_params", {}).get("channel"))
     return {"uuid": request.uuid, "offers_accepted": len(accepted), "logged": True}
+
+
+@router.get("/health", responses={503: {"description": "the log shipper is down or the journal is full"}})
+def health(runtime: ServedRuntime):
+    """The live run, the log journal (size, oldest unshipped document, the shipper's last error)."""
+    healthy, report = runtime.health()
+    return report if healthy else JSONResponse(jsonable_encoder(report), status_code=503)

@@ -1,22 +1,35 @@
 """The workbench API (SPEC §9) and the sidecar's `POST /pytorch/train` (§8): what reads the
-pipeline's state and what launches Dagster runs (training, batch scoring)."""
+pipeline's state and what launches Dagster runs (training, batch scoring).
+
+A launch is checked first (422/409), then its `Idempotency-Key` reserved, then the cap on runs not
+finished checked (429) and the run launched; the service names every run (a client's `run_id`
+could overwrite a stored run's towers under the live run's vectors)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Callable, Optional
 
 import pydantic
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 
 from twotower_pipeline import offline
 from twotower_pipeline.serving import workbench
-from twotower_pipeline.serving.schemas import (DAGSTER_RUN_ID, BatchScoreRequest, ConceptTestRequest, Id,
-                                               PytorchTrain, validation_text)
+from twotower_pipeline.serving.schemas import (DAGSTER_RUN_ID, BatchScoreRequest, ConceptTestRequest, PytorchTrain,
+                                               TrainParameters, validation_text)
 from twotower_pipeline.serving.state import Runtime, ServedRuntime
 from twotower_pipeline.store import embeddings, names
 
 PREFIX = "/api/v1/algorithms/two-tower"
 router = APIRouter(tags=["workbench"])
+#: Seconds a client is asked to wait when the cap on runs is reached (a run takes minutes).
+RETRY_AFTER_S = 30
+IdempotencyKey = Annotated[Optional[str], Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="A retried request with the same key (and body) gets the first answer and starts nothing.")]
+LAUNCH_ANSWERS = {409: {"description": "the run is not gated, or the key's first request is still launching"},
+                  422: {"description": "a parameter out of range, a `run_id`, or a key reused for another request"},
+                  429: {"description": "max_concurrent_launches runs launched here are not finished (Retry-After)"},
+                  503: {"description": "no Dagster webserver configured or reachable"}}
 
 
 def _jobs(runtime: Runtime) -> workbench.DagsterJobs:
@@ -26,31 +39,64 @@ def _jobs(runtime: Runtime) -> workbench.DagsterJobs:
     return runtime.jobs
 
 
-def _launch_training(runtime: Runtime, parameters: dict) -> dict:
+def _training_config(parameters: dict) -> dict:
+    """The retrain's run config without its run id, checked by the job's own launchpad config."""
     from twotower_pipeline.defs.jobs import RetrainConfig
-    from twotower_pipeline.runs import new_run_id
 
-    parameters = {"run_id": new_run_id(), **parameters}
-    unknown = sorted(set(parameters) - set(RetrainConfig.model_fields))
+    if "run_id" in parameters:
+        raise HTTPException(422, "run_id: the service names runs (a new run id for each training, in the answer); "
+                                 "leave run_id out")
+    known = set(RetrainConfig.model_fields) - {"run_id"}
+    unknown = sorted(set(parameters) - known)
     if unknown:
-        raise HTTPException(422, f"unknown training parameters {unknown}: the parameters are "
-                                 f"{sorted(RetrainConfig.model_fields)}")
+        raise HTTPException(422, f"unknown training parameters {unknown}: the parameters are {sorted(known)}")
     try:
         config = RetrainConfig(**parameters)
     except (pydantic.ValidationError, ValueError) as error:
         raise HTTPException(422, validation_text(error)) from None
-    run_config = config.model_dump(exclude_none=True)  # the run id was checked by the config
+    return config.model_dump(exclude_none=True)
+
+
+def _launch(runtime: Runtime, kind: str, job_name: str, run_config: dict, run_id: str, request: dict) -> str:
+    """The job id of a run launched now, or the HTTP error saying why not."""
     try:
-        job_id = _jobs(runtime).launch("train", "retrain_job", run_config, run_id=run_config["run_id"],
-                                       request=run_config)
+        return _jobs(runtime).launch(kind, job_name, run_config, run_id=run_id, request=request,
+                                     max_active=runtime.settings.max_concurrent_launches)
+    except workbench.TooManyLaunches as error:
+        raise HTTPException(429, str(error), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except workbench.LaunchError as error:
         raise HTTPException(503, str(error)) from None
-    return {"job_id": job_id, "run_id": run_config["run_id"]}
 
 
-@router.post("/pytorch/train", tags=["pytorch"], status_code=202,
-             responses={503: {"description": "no Dagster webserver configured or reachable"}})
-def pytorch_train(request: PytorchTrain, runtime: ServedRuntime):
+def _once(runtime: Runtime, response: Response, key: Optional[str], kind: str, body, launch: Callable[[], dict]):
+    """`launch()`'s answer, or the first answer of the request that used `key` before."""
+    try:
+        answer, replayed = _jobs(runtime).launch_once(key, workbench.fingerprint(kind, body), launch)
+    except workbench.KeyReused as error:
+        raise HTTPException(422, str(error)) from None
+    except workbench.KeyPending as error:
+        raise HTTPException(409, str(error), headers={"Retry-After": "1"}) from None
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return answer
+
+
+def _train_once(runtime: Runtime, response: Response, key: Optional[str], kind: str, body, parameters: dict,
+                answer: Callable[[str, str], dict]) -> dict:
+    from twotower_pipeline.runs import new_run_id
+
+    run_config = _training_config(parameters)
+
+    def launch() -> dict:
+        config = {**run_config, "run_id": new_run_id()}
+        return answer(_launch(runtime, "train", "retrain_job", config, config["run_id"], config), config["run_id"])
+
+    return _once(runtime, response, key, kind, body, launch)
+
+
+@router.post("/pytorch/train", tags=["pytorch"], status_code=202, responses=LAUNCH_ANSWERS)
+def pytorch_train(request: PytorchTrain, runtime: ServedRuntime, response: Response,
+                  idempotency_key: IdempotencyKey = None):
     """Launch a training run (Dagster's `retrain_job`); the run id and model id are known at once."""
     source = f"{request.data.source.database}.{request.data.source.collection}"
     if source != names.FLATTEN:
@@ -59,22 +105,27 @@ def pytorch_train(request: PytorchTrain, runtime: ServedRuntime):
                   **request.hyperparameters}
     if request.data.categorical_columns:
         parameters.setdefault("categorical_columns", request.data.categorical_columns)
-    launched = _launch_training(runtime, parameters)
-    run_id = launched["run_id"]
-    return {"run_id": run_id, "status": "STARTED", "model_id": f"two_tower_user_{run_id}",
-            "item_model_id": f"two_tower_item_{run_id}", "metrics": {"user_auc": None, "item_auc": None},
-            "rows_total": None, "job_id": launched["job_id"]}
+
+    def answer(job_id: str, run_id: str) -> dict:
+        return {"run_id": run_id, "status": "STARTED", "model_id": f"two_tower_user_{run_id}",
+                "item_model_id": f"two_tower_item_{run_id}", "metrics": {"user_auc": None, "item_auc": None},
+                "rows_total": None, "job_id": job_id}
+
+    return _train_once(runtime, response, idempotency_key, "pytorch_train", request.model_dump(mode="json"),
+                       parameters, answer)
 
 
 @router.get(f"{PREFIX}/health")
 def health(runtime: ServedRuntime):
     runtime.store.client.admin.command("ping")
-    scorer = runtime.live.current
-    return {"status": "ok", "mongodb": "ok", "live_run_id": scorer.run_id if scorer else None,
-            "offers": len(scorer) if scorer else 0, "skipped_offers": len(scorer.skipped) if scorer else 0,
+    served = runtime.live.current
+    journal = runtime.journal.stats()
+    return {"status": "ok", "mongodb": "ok", "live_run_id": served.run_id if served else None,
+            "offers": len(served.scorer) if served else 0,
+            "skipped_offers": len(served.scorer.skipped) if served else 0,
+            "customers": len(served.customers) if served else 0,
             "requests_without_vector": runtime.counts["no_vector"],
-            "log_documents_written": runtime.logs.written if runtime.logs else 0,
-            "log_documents_pending": runtime.logs.pending if runtime.logs else 0,
+            "log_documents_shipped": journal["shipped"], "log_documents_pending": journal["documents_pending"],
             "dagster": runtime.jobs.url if runtime.jobs else None}
 
 
@@ -91,14 +142,18 @@ def date_bounds(predictor: Annotated[str, Query(min_length=1, max_length=200)], 
     return bounds
 
 
-@router.post(f"{PREFIX}/train", status_code=202)
-def train(parameters: dict[Id, Any], runtime: ServedRuntime):
-    """Launch `retrain_job` with SPEC §4 parameters (flat: predictor, from_date, to_date, epochs, ...)."""
-    return _launch_training(runtime, parameters)
+@router.post(f"{PREFIX}/train", status_code=202, responses=LAUNCH_ANSWERS)
+def train(parameters: TrainParameters, runtime: ServedRuntime, response: Response,
+          idempotency_key: IdempotencyKey = None):
+    """Launch `retrain_job` with SPEC §4 parameters (flat: predictor, from_date, to_date, epochs, ...);
+    the service names the run."""
+    return _train_once(runtime, response, idempotency_key, "train", parameters.root, parameters.root,
+                       lambda job_id, run_id: {"job_id": job_id, "run_id": run_id})
 
 
-@router.post(f"{PREFIX}/batch-score", status_code=202)
-def batch_score(request: BatchScoreRequest, runtime: ServedRuntime):
+@router.post(f"{PREFIX}/batch-score", status_code=202, responses=LAUNCH_ANSWERS)
+def batch_score(request: BatchScoreRequest, runtime: ServedRuntime, response: Response,
+                idempotency_key: IdempotencyKey = None):
     """Launch the batch scoring of a gated run (`score_fanout_job`, published when every shard is in)."""
     try:
         embeddings.check_run_id(request.run_id)
@@ -107,12 +162,13 @@ def batch_score(request: BatchScoreRequest, runtime: ServedRuntime):
         raise HTTPException(409 if isinstance(error, offline.GateError) else 422, str(error)) from None
     shard_config = {"run_id": request.run_id, "top_k": request.top_k, "max_users": request.max_users}
     run_config = {"ops": {"score_shard": {"config": shard_config}, "scored": {"config": {"publish": True}}}}
-    try:
-        job_id = _jobs(runtime).launch("batch_score", "score_fanout_job", run_config, run_id=request.run_id,
-                                       request=request.model_dump())
-    except workbench.LaunchError as error:
-        raise HTTPException(503, str(error)) from None
-    return {"job_id": job_id, "run_id": request.run_id}
+    body = request.model_dump()
+
+    def launch() -> dict:
+        job_id = _launch(runtime, "batch_score", "score_fanout_job", run_config, request.run_id, body)
+        return {"job_id": job_id, "run_id": request.run_id}
+
+    return _once(runtime, response, idempotency_key, "batch_score", body, launch)
 
 
 @router.post(f"{PREFIX}/concept-test")
