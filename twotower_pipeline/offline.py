@@ -101,7 +101,8 @@ def concept_test(store: MongoStore, run_id: str, customer_id: str, offers=None) 
     run, customer or offer gives success false with the reason, never an exception."""
     answer = {"success": False, "run_id": run_id, "customer_id": customer_id, "ranked": [], "detail": ""}
     if not isinstance(run_id, str) or not embeddings.RUN_ID_PATTERN.match(run_id):
-        return {**answer, "detail": f"run_id {run_id!r} is not a run id (1-80 letters, digits, '_', '-', '.')"}
+        return {**answer, "detail": f"run_id {run_id!r} is not a run id (1-80 letters, digits, '_', '-', '.'; "
+                                    "not '..', not ending in '.')"}
     if not isinstance(customer_id, str) or not customer_id:
         return {**answer, "detail": f"customer_id {customer_id!r} must be a non-empty string"}
     if offers is not None and (not isinstance(offers, (list, tuple)) or not all(isinstance(o, str) for o in offers)):

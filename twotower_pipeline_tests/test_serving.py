@@ -255,6 +255,9 @@ def test_the_workbench_reads_predictors_bounds_and_concept_tests_and_says_when_d
         concept = client.post("/api/v1/algorithms/two-tower/concept-test",
                               json={"run_id": "run_a", "customer_id": "sim_c001",
                                     "offers": ["sim_offer_01", "sim_offer_02"]})
+        # a run id that cannot name a collection ('..') is refused with the reason, never a storage error
+        dotted = client.post("/api/v1/algorithms/two-tower/concept-test",
+                             json={"run_id": "run..a", "customer_id": "sim_c001"})
         health = client.get("/api/v1/algorithms/two-tower/health").json()
         train = client.post("/api/v1/algorithms/two-tower/train", json={"predictor": predictor})
         typo = client.post("/api/v1/algorithms/two-tower/train", json={"predictor": predictor, "epochz": 3})
@@ -270,6 +273,7 @@ def test_the_workbench_reads_predictors_bounds_and_concept_tests_and_says_when_d
     answer = concept.json()
     assert answer["success"] and [r["offer"] for r in answer["ranked"]] != [] and len(answer["ranked"]) == 2
     assert answer["ranked"][0]["score"] >= answer["ranked"][1]["score"]
+    assert dotted.status_code == 200 and not dotted.json()["success"] and "'..'" in dotted.json()["detail"]
     assert health["live_run_id"] == "run_a" and health["status"] == "ok"
     assert typo.status_code == 422 and "epochz" in typo.json()["detail"]
     assert train.status_code == 503 and "--dagster-url" in train.json()["detail"]

@@ -267,8 +267,9 @@ class LogJournal:
         return os.open(self._segment_path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
 
     # --- append ---------------------------------------------------------------------------------
-    def append(self, location: str, document: dict) -> None:
-        """Write one document durably (see the module docstring); JournalFull past the cap."""
+    def append(self, location: str, document: dict) -> bytes:
+        """Write one document durably (see the module docstring) and return its BSON (a caller that
+        keeps the document need not encode it again); JournalFull past the cap."""
         prefix = self._locations.get(location) or self._location_prefix(location)
         try:
             has_id = "_id" in document
@@ -307,6 +308,7 @@ class LogJournal:
             if self.fsync:
                 self._written += 1
                 self._sync_through(self._written)
+        return payload
 
     def _location_prefix(self, location: str) -> bytes:
         database, _, collection = location.partition(".") if isinstance(location, str) else ("", "", "")

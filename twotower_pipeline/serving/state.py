@@ -75,7 +75,7 @@ class Runtime:
         unshipped = self.journal.open()
         for location, document in unshipped:  # requests answered before a restart, not in MongoDB yet
             if location == names.PRESENTED:
-                self.remember(document)
+                self.remember(document["uuid"], bson.encode(document))
         self.reload()
         for location, document in unshipped:
             if location == names.RESPONSES:
@@ -138,18 +138,19 @@ class Runtime:
         return table.of(customer_id)
 
     # --- the customer vector --------------------------------------------------------------------
-    def customer_vector(self, served: ServedRun, request: InvocationRequest) -> tuple[np.ndarray | None, str]:
-        """(vector, where it came from): the request's context through the sidecar when there is
-        both, else the vector held in memory, else the sidecar (one call), else None."""
-        sidecar = self.settings.sidecar
-        if not (sidecar and self.settings.context_vectors and request.in_params):
-            held = served.customers.get(request.customer)
-            if held is not None or not sidecar:
-                return held, "stored"
-        if sidecar == "local":
-            return self.towers.customer_vector(served.run_id, request.customer, request.in_params), "sidecar"
-        return self._remote_vector(served.run_id, {"customer_id": request.customer,
-                                                   **context_row(request.in_params)}), "sidecar"
+    def held_vector(self, served: ServedRun, request: InvocationRequest) -> np.ndarray | None:
+        """The customer's vector in memory, unless the request's context is to be embedded by the
+        sidecar; None sends the request to `embedded_vector` (when there is a sidecar)."""
+        if self.settings.sidecar and self.settings.context_vectors and request.in_params:
+            return None
+        return served.customers.get(request.customer)
+
+    def embedded_vector(self, served: ServedRun, request: InvocationRequest) -> np.ndarray:
+        """The sidecar's vector of the customer with the request's context (one call, or this
+        process's towers): blocking, for the thread pool."""
+        if self.settings.sidecar == "local":
+            return self.towers.customer_vector(served.run_id, request.customer, request.in_params)
+        return self._remote_vector(served.run_id, {"customer_id": request.customer, **context_row(request.in_params)})
 
     def _remote_vector(self, run_id: str, row: dict) -> np.ndarray:
         import httpx
@@ -168,15 +169,18 @@ class Runtime:
         return np.asarray(reply.json()["predictions"][0]["embedding"], dtype=np.float32)
 
     # --- the logs ---------------------------------------------------------------------------------
-    def log(self, location: str, document: dict) -> None:
+    def log(self, location: str, document: dict) -> bytes:
         """Append a log document to the journal before the request is answered (it then survives a
-        kill -9 of the service); 503 with Retry-After when the journal is at its cap."""
+        kill -9 of the service); its BSON. 503 with Retry-After when the journal is at its cap."""
         try:
-            self.journal.append(location, document)
+            return self.journal.append(location, document)
         except JournalFull as error:
             self.counts["journal_full"] += 1
             raise HTTPException(503, f"the log journal is full ({error}): MongoDB is not taking the logs; "
                                      "retry later", headers={"Retry-After": str(error.retry_after_s)}) from None
+
+    def log_presented(self, document: dict) -> None:
+        self.remember(document["uuid"], self.log(names.PRESENTED, document))
 
     def log_response(self, presented: dict, accepted: list[str], channel: str | None) -> None:
         """The response document, keyed by the request and what was accepted: a retried `/response`
@@ -202,19 +206,21 @@ class Runtime:
                 table.add(str(customer), offers)
 
     # --- presented documents, for /response -------------------------------------------------------
-    def remember(self, document: dict) -> None:
-        encoded = bson.encode(document)
+    def remember(self, request_id: str, encoded: bytes) -> None:
+        """Keep a presented document (its BSON) for `/response`."""
         with self._recent_lock:
-            self.recent[document["uuid"]] = encoded
+            self.recent[request_id] = encoded
             while len(self.recent) > RECENT_PRESENTED:
                 self.recent.popitem(last=False)
 
-    def presented(self, request_id: str) -> dict | None:
-        """The presented document of a request (as `logging.ecosystemruntime` holds it)."""
+    def recent_presented(self, request_id: str) -> dict | None:
+        """The presented document of a recent request, from memory."""
         with self._recent_lock:
             encoded = self.recent.get(request_id)
-        if encoded is not None:
-            return bson.decode(encoded, codec_options=_PRESENTED_CODEC)
+        return None if encoded is None else bson.decode(encoded, codec_options=_PRESENTED_CODEC)
+
+    def stored_presented(self, request_id: str) -> dict | None:
+        """The presented document of an older request, from MongoDB (blocking, for the thread pool)."""
         found = self.store.collection(names.PRESENTED).find_one({"uuid": request_id})
         if found is None and self.journal.stats()["documents_pending"] > RECENT_PRESENTED:
             # older than what is kept in memory and maybe still in the journal, not in MongoDB yet
@@ -245,8 +251,9 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def current_runtime(request: Request) -> Runtime:
-    """The application's runtime, for a route's parameters (`ServedRuntime`)."""
+async def current_runtime(request: Request) -> Runtime:
+    """The application's runtime, for a route's parameters (`ServedRuntime`); `async`, so that
+    FastAPI resolves it on the event loop, not with a hop to its thread pool."""
     return request.app.state.runtime
 
 

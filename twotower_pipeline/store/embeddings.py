@@ -55,7 +55,8 @@ KEEP_RUNS = 3
 HISTORY = 20
 #: Customer buckets (see `customer_buckets`); a shard of batch scoring is a range of them.
 BUCKETS = 1024
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+#: A run id is part of collection names: no "..", no "." at the end (MongoDB refuses both there).
+RUN_ID_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_.-]{0,79}[A-Za-z0-9_-]$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,8 @@ class VectorSnapshot:
 
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
-        raise ValueError(f"run_id {run_id!r} must be 1-80 letters, digits, '_', '-' or '.'")
+        raise ValueError(f"run_id {run_id!r} must be 1-80 letters, digits, '_', '-' or '.' (not '..', not "
+                         "ending in '.')")
     return run_id
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import uuid as uuid_lib
 
 from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from twotower_pipeline.serving.live import NothingLive
 from twotower_pipeline.serving.schemas import InvocationRequest, InvocationResponse, ResponseAnswer, ResponseRequest
 from twotower_pipeline.serving.state import ServedRuntime, now
-from twotower_pipeline.store import names
 
 router = APIRouter(tags=["runtime"])
 
@@ -21,9 +21,10 @@ router = APIRouter(tags=["runtime"])
 @router.post("/invocations", response_model=InvocationResponse,
              responses={404: {"description": "unknown campaign, or a customer without a vector"},
                         503: {"description": "nothing is live yet, or the log journal is full"}})
-def invocations(request: InvocationRequest, runtime: ServedRuntime):
+async def invocations(request: InvocationRequest, runtime: ServedRuntime):
     """Rank the offer matrix for one customer with the live run; log the presented document
-    (journaled before the answer: an answered request is never lost)."""
+    (journaled before the answer: an answered request is never lost). On the event loop: what it
+    does is memory and one append; the sidecar and a synced journal go to the thread pool."""
     try:
         served = runtime.live.served
     except NothingLive as error:
@@ -31,11 +32,13 @@ def invocations(request: InvocationRequest, runtime: ServedRuntime):
     campaigns = runtime.campaigns(served)
     if request.campaign not in campaigns:
         raise HTTPException(404, f"unknown campaign {request.campaign!r}: this runtime serves {sorted(campaigns)}")
-    try:
-        vector, source = runtime.customer_vector(served, request)
-    except LookupError:  # the local sidecar found no stored towers of the live run
-        raise HTTPException(404, f"run {served.run_id} has no stored towers to embed customer "
-                                 f"{request.customer!r} with") from None
+    vector, source = runtime.held_vector(served, request), "stored"
+    if vector is None and runtime.settings.sidecar:
+        try:
+            vector, source = await run_in_threadpool(runtime.embedded_vector, served, request), "sidecar"
+        except LookupError:  # the local sidecar found no stored towers of the live run
+            raise HTTPException(404, f"run {served.run_id} has no stored towers to embed customer "
+                                     f"{request.customer!r} with") from None
     if vector is None:
         runtime.counts["no_vector"] += 1
         raise HTTPException(404, f"customer {request.customer!r} has no vector in run {served.run_id} and no "
@@ -63,17 +66,19 @@ def invocations(request: InvocationRequest, runtime: ServedRuntime):
         "explore": int(shown.explore), "epsilon": policy.epsilon, "candidates": ranked.candidates,
         "excluded_accepted": len(excluded or ()),
     }
-    runtime.log(names.PRESENTED, document)
-    runtime.remember(document)
-    return {"final_result": final_result, "explore": int(shown.explore), "uuid": request_id}
+    await _blocking_if_synced(runtime, runtime.log_presented, document)
+    # built here in the documented shape (`response_model` is the schema): FastAPI's validation of
+    # the answer would cost more than the ranking
+    return JSONResponse({"final_result": final_result, "explore": int(shown.explore), "uuid": request_id})
 
 
 @router.post("/response", response_model=ResponseAnswer,
              responses={404: {"description": "unknown uuid"}, 422: {"description": "an offer that was not shown"}})
-def response(request: ResponseRequest, runtime: ServedRuntime):
+async def response(request: ResponseRequest, runtime: ServedRuntime):
     """Log which of a presented request's offers the customer accepted; the same response sent
     twice (a client's retry) is stored once."""
-    presented = runtime.presented(request.uuid)
+    presented = runtime.recent_presented(request.uuid) or \
+        await run_in_threadpool(runtime.stored_presented, request.uuid)
     if presented is None:
         raise HTTPException(404, f"unknown uuid {request.uuid!r}: no presented request has it")
     shown = {item["result"]["offer_name"] for item in presented.get("final_result", [])}
@@ -81,8 +86,17 @@ def response(request: ResponseRequest, runtime: ServedRuntime):
     not_shown = [name for name in accepted if name not in shown]
     if not_shown:
         raise HTTPException(422, f"offers {not_shown} were not presented in request {request.uuid}")
-    runtime.log_response(presented, accepted, request.channel_name or presented.get("api_params", {}).get("channel"))
+    channel = request.channel_name or presented.get("api_params", {}).get("channel")
+    await _blocking_if_synced(runtime, runtime.log_response, presented, accepted, channel)
     return {"uuid": request.uuid, "offers_accepted": len(accepted), "logged": True}
+
+
+async def _blocking_if_synced(runtime, append, *args) -> None:
+    """A journal append: an os.write, done here; with fsync it waits for the disk, in the thread pool."""
+    if runtime.settings.journal_fsync:
+        await run_in_threadpool(append, *args)
+    else:
+        append(*args)
 
 
 @router.get("/health", responses={503: {"description": "the log shipper is down or the journal is full"}})
