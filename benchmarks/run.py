@@ -16,7 +16,8 @@ import time
 from twotower_pipeline.store.embedded import EmbeddedMongo
 
 BENCHMARKS = ["benchmarks.bench_flatten", "benchmarks.bench_export", "benchmarks.bench_training",
-              "benchmarks.bench_scoring", "benchmarks.bench_refresh", "benchmarks.bench_serving"]
+              "benchmarks.bench_scoring", "benchmarks.bench_refresh", "benchmarks.bench_serving",
+              "benchmarks.bench_live_swap"]
 
 
 def main(argv=None) -> int:
