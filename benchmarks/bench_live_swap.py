@@ -173,7 +173,8 @@ def run(uri: str, quick: bool) -> list[dict]:
               flush=True)
         for label, result in (("steady", steady), ("swap", swapped)):
             print(f"  {label}: achieved {result['achieved']:,.0f}/s, p50 {result['p50']:.2f} ms, p99 "
-                  f"{result['p99']:.2f} ms, p99.9 {result['p999']:.2f} ms, errors {result['errors']}", flush=True)
+                  f"{result['p99']:.2f} ms, p99.9 {result['p999']:.2f} ms, errors {result['errors']}, steal "
+                  f"{result['steal']:.0%}", flush=True)
         n = f"{n_customers:,} customers"
         rows = [
             {"figure": f"start-up to the first answer, {n} (ours: snapshot -> sorted arrays)", "ours": startup,

@@ -126,143 +126,15 @@ def cmd_concept_test(args) -> int:
     return 0 if answer["success"] else 1
 
 
-#: Where `twotower serve` keeps the keys it generated (mode 0600), unless given.
-SERVE_KEYS_FILE = ".twotower/serve-keys.json"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class KeysFileError(RuntimeError):
-    """The keys file cannot be used (open to others, or not the service's)."""
-
-
-def serve_keys(path: str | os.PathLike) -> tuple[dict, bool]:
-    """({"runtime_key", "workbench_key"}, created) from the keys file at `path`; on first start the
-    file is made with both keys, mode 0600 from its creation (never widened, then narrowed).
-    A file that group or others may read or write is refused."""
-    import json
-    import secrets
-    import stat
-
-    path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        keys = {"runtime_key": secrets.token_urlsafe(32), "workbench_key": secrets.token_urlsafe(32)}
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another start made it in between: use that one
-            return serve_keys(path)
-        with os.fdopen(fd, "w") as out:
-            json.dump(keys, out)
-            out.flush()
-            os.fsync(out.fileno())
-        return keys, True
-    with os.fdopen(fd) as source:
-        mode = stat.S_IMODE(os.fstat(source.fileno()).st_mode)
-        if mode & 0o077:
-            raise KeysFileError(f"the keys file {path} is open to group or others (mode {mode:o}): "
-                                f"run `chmod 600 {path}` (or delete it to have new keys generated)")
-        try:
-            keys = json.load(source)
-        except ValueError:
-            keys = None
-    if not (isinstance(keys, dict) and all(isinstance(keys.get(k), str) and keys[k]
-                                           for k in ("runtime_key", "workbench_key"))):
-        raise KeysFileError(f"the keys file {path} does not hold a runtime_key and a workbench_key: "
-                            "delete it to have new keys generated")
-    return {k: keys[k] for k in ("runtime_key", "workbench_key")}, False
-
-
-def serve_settings(args):
-    """ServeSettings from `twotower serve`'s flags and environment, and a line saying where the keys
-    come from (never the keys)."""
-    from twotower_pipeline.serving.settings import CampaignSettings, ServeSettings
-
-    if os.environ.get("TWOTOWER_API_KEY"):
-        raise KeysFileError("TWOTOWER_API_KEY is no longer read: the runtime and the workbench have a key each "
-                            "(TWOTOWER_RUNTIME_KEY, TWOTOWER_WORKBENCH_KEY, or generated into the keys file)")
-    runtime_key = args.runtime_key or os.environ.get("TWOTOWER_RUNTIME_KEY") or None
-    workbench_key = args.workbench_key or os.environ.get("TWOTOWER_WORKBENCH_KEY") or None
-    if runtime_key and workbench_key:
-        origin = "keys from the flags or the environment"
-    else:
-        path = args.keys_file or os.environ.get("TWOTOWER_KEYS_FILE") or SERVE_KEYS_FILE
-        stored, created = serve_keys(path)
-        runtime_key, workbench_key = runtime_key or stored["runtime_key"], workbench_key or stored["workbench_key"]
-        origin = f"keys {'generated into' if created else 'read from'} {os.path.abspath(path)}"
-    if runtime_key == workbench_key:
-        raise KeysFileError("the runtime key and the workbench key are the same: a key of one group must not "
-                            "open the other")
-    extra = args.allowed_host or [h for h in os.environ.get("TWOTOWER_ALLOWED_HOSTS", "").split(",")]
-    bind = [] if args.host in ("0.0.0.0", "::", "") else [args.host]
-    hosts = tuple(dict.fromkeys(h.strip() for h in (*LOOPBACK_HOSTS, *bind, *extra) if h.strip()))
-    defaults = ServeSettings()
-    campaigns = {name: CampaignSettings() for name in args.campaign or ()}
-    campaigns.update(campaign_policies(_option(args.campaigns_file, "TWOTOWER_CAMPAIGNS_FILE")))
-    seed = _option(args.explore_seed, "TWOTOWER_EXPLORE_SEED")
-    settings = ServeSettings(
-        runtime_key=runtime_key, workbench_key=workbench_key, allowed_hosts=hosts, metric=args.metric,
-        sidecar=_option(args.sidecar, "TWOTOWER_SIDECAR"),
-        dagster_url=_option(args.dagster_url, "TWOTOWER_DAGSTER_URL"),
-        campaigns=campaigns, explore_seed=None if seed is None else int(seed),
-        reload_s=float(_option(args.reload_seconds, "TWOTOWER_RELOAD_SECONDS", defaults.reload_s)),
-        journal_dir=_option(args.journal_dir, "TWOTOWER_JOURNAL_DIR", defaults.journal_dir),
-        journal_cap_bytes=int(_option(args.journal_cap_bytes, "TWOTOWER_JOURNAL_CAP_BYTES",
-                                      defaults.journal_cap_bytes)),
-        journal_fsync=args.journal_fsync or os.environ.get("TWOTOWER_JOURNAL_FSYNC", "") in ("1", "true", "yes"),
-        memory_budget_bytes=int(_option(args.memory_budget_bytes, "TWOTOWER_MEMORY_BUDGET_BYTES",
-                                        defaults.memory_budget_bytes)),
-        vector_cache_dir=_option(args.vector_cache_dir, "TWOTOWER_VECTOR_CACHE_DIR", defaults.vector_cache_dir))
-    return settings, origin
-
-
-def _option(flag, variable: str, default=None):
-    """A flag's value, else the environment variable's (when set and not empty), else `default`."""
-    if flag is not None:
-        return flag
-    return os.environ.get(variable) or default
-
-
-def campaign_policies(path: str | None) -> dict:
-    """{campaign: CampaignSettings} from a TOML file of tables, one per campaign:
-    `[ml100k_movies]` / `epsilon = 0.1` / `exclude_accepted = true`. A key that is not a policy
-    setting, or a value out of range, is refused naming the file and the campaign."""
-    import tomllib
-
-    from twotower_pipeline.serving.settings import CampaignSettings
-
-    if not path:
-        return {}
-    with open(path, "rb") as source:
-        try:
-            tables = tomllib.load(source)
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path} is not valid TOML: {error}") from None
-    policies = {}
-    for campaign, table in tables.items():
-        if not isinstance(table, dict):
-            raise ValueError(f"{path}: {campaign} must be a table ([{campaign}]) of policy settings")
-        unknown = sorted(set(table) - {"epsilon", "exclude_accepted"})
-        if unknown:
-            raise ValueError(f"{path}: [{campaign}] has unknown settings {unknown}: epsilon, exclude_accepted")
-        try:
-            policies[campaign] = CampaignSettings(**table)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: [{campaign}]: {error}") from None
-    return policies
-
-
 def cmd_serve(args) -> int:
     import logging
 
     import uvicorn
 
     from twotower_pipeline.serving.app import create_app
+    from twotower_pipeline.serving.settings import from_flags
 
-    settings, origin = serve_settings(args)
+    settings, origin = from_flags(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = _store()
     print(f"twotower serve: http://{args.host}:{args.port} (MongoDB {store.describe()}; OpenAPI at /docs); "
@@ -323,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workbench-key", help="X-API-Key of /api/v1/... and POST /pytorch/train (default: "
                        "TWOTOWER_WORKBENCH_KEY, else the keys file)")
     serve.add_argument("--keys-file", help="keys not given are read from here, generated on first start (mode 0600; "
-                       f"default: TWOTOWER_KEYS_FILE or {SERVE_KEYS_FILE})")
+                       "default: TWOTOWER_KEYS_FILE or .twotower/serve-keys.json)")
     serve.add_argument("--allowed-host", action="append", help="a Host header answered besides the loopback names "
                        "and the bind address (repeatable; default: TWOTOWER_ALLOWED_HOSTS, comma-separated)")
     serve.add_argument("--metric", choices=["cosine", "dot"], default="cosine")

@@ -2,6 +2,8 @@
 as the service holds them (sorted arrays, memory-mapped past a budget, refreshed customers over a
 run's own), epsilon exploration and its propensities, and the accepted-offers table."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,35 @@ def test_the_accepted_offers_table_answers_per_customer_and_takes_this_processes
     # a reload that already read "a"'s o3 keeps only what it lacks from this process
     reloaded = AcceptedOffers.of_pairs("c", ["a", "a"], ["o1", "o3"]).carry_recent(table)
     assert reloaded.of("a") == ["o1", "o3"] and reloaded.of("nobody") == ["o5"] and len(reloaded) == 3
+
+
+# --- the campaigns file of `twotower serve` --------------------------------------------------------
+def test_serve_takes_each_campaigns_policy_from_its_file_and_names_what_is_wrong(monkeypatch, tmp_path, mongo_uri,
+                                                                                 database_prefix):
+    from twotower_pipeline import cli
+    from twotower_pipeline.serving.settings import CampaignSettings, campaign_policies
+
+    started = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: started.append(app))
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    monkeypatch.setenv("TWOTOWER_DATABASE_PREFIX", database_prefix)
+    monkeypatch.setenv("TWOTOWER_RUNTIME_KEY", "r-key")
+    monkeypatch.setenv("TWOTOWER_WORKBENCH_KEY", "w-key")
+    policies = tmp_path / "campaigns.toml"
+    policies.write_text("[ml100k_movies]\nepsilon = 0.1\nexclude_accepted = true\n\n[coupons]\nepsilon = 0\n")
+    assert cli.main(["serve", "--campaigns-file", str(policies), "--campaign", "extra", "--explore-seed", "3",
+                     "--journal-dir", str(tmp_path / "j"), "--memory-budget-bytes", "1000"]) == 0
+    settings = started[0].state.runtime.settings
+    assert settings.campaigns == {"ml100k_movies": CampaignSettings(0.1, True), "coupons": CampaignSettings(),
+                                  "extra": CampaignSettings()}
+    assert settings.explore_seed == 3 and settings.journal_dir == str(tmp_path / "j")
+    assert settings.memory_budget_bytes == 1000
+    for text, reason in (("[a]\nepsilon = 1.5\n", "within 0..1"), ("[a]\nepsilon = true\n", "within 0..1"),
+                         ("[a]\nexplore = 0.1\n", "unknown settings ['explore']"),
+                         ("[a]\nexclude_accepted = 1\n", "true or false"), ("a = 1\n", "must be a table"),
+                         ("[a\n", "not valid TOML")):
+        policies.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(reason)) as refused:
+            campaign_policies(str(policies))
+        assert str(policies) in str(refused.value)
+    assert cli.main(["serve", "--campaigns-file", str(policies)]) == 2 and len(started) == 1  # refused at start

@@ -73,9 +73,10 @@ class Runtime:
     def start(self) -> None:
         ensure_source_indexes(self.store)
         unshipped = self.journal.open()
-        for location, document in unshipped:  # requests answered before a restart, not in MongoDB yet
-            if location == names.PRESENTED:
-                self.remember(document["uuid"], bson.encode(document))
+        # requests answered before a restart and not in MongoDB yet: the newest are kept for /response
+        presented = [document for location, document in unshipped if location == names.PRESENTED]
+        for document in presented[-RECENT_PRESENTED:]:
+            self.remember(document["uuid"], bson.encode(document))
         self.reload()
         for location, document in unshipped:
             if location == names.RESPONSES:
