@@ -117,16 +117,18 @@ def _answerable(error: ValidationError) -> ValidationError:
             for e in errors])
 
 
+def _answering(cls, data, handler):
+    """A body model's wrap validator: its errors with inputs an answer can carry."""
+    try:
+        return handler(data)
+    except ValidationError as error:
+        raise _answerable(error) from None
+
+
 class Answerable(BaseModel):
     """A request body whose validation errors can always be answered (see `_answerable`)."""
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _answerable_errors(cls, data, handler):
-        try:
-            return handler(data)
-        except ValidationError as error:
-            raise _answerable(error) from None
+    _answerable_errors = model_validator(mode="wrap")(_answering)
 
 
 class Strict(Answerable):
@@ -256,13 +258,7 @@ class PytorchTrain(Strict):
 class TrainParameters(RootModel[Annotated[dict[Id, Any], Field(max_length=100), AfterValidator(_storable)]]):
     """The workbench's train request: SPEC §4 parameters, flat (no `run_id`: the service names runs)."""
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _answerable_errors(cls, data, handler):
-        try:
-            return handler(data)
-        except ValidationError as error:
-            raise _answerable(error) from None
+    _answerable_errors = model_validator(mode="wrap")(_answering)
 
 
 class BatchScoreRequest(Strict):
