@@ -10,7 +10,7 @@ import pytest
 from twotower_pipeline.serving.accepted import AcceptedOffers
 from twotower_pipeline.serving.explore import Explorer
 from twotower_pipeline.serving.scorer import SimilarityScorer
-from twotower_pipeline.serving.vectors import CustomerVectors
+from twotower_pipeline.serving.vectors import CustomerVectors, clear_cache
 
 
 def _unit(rows):
@@ -35,6 +35,10 @@ def test_customer_vectors_are_found_by_key_in_memory_or_memory_mapped(tmp_path, 
     else:  # over the budget: served from the mapped files, the process keeps no copy
         assert isinstance(held.vectors, np.memmap) and isinstance(held.keys, np.memmap)
         assert sorted(p.name for p in held.mapped.iterdir()) == ["keys.npy", "vectors.npy"]
+        left = CustomerVectors.build(keys[:10], vectors[:10], budget_bytes=1, cache_dir=tmp_path)  # a killed process's
+        (tmp_path / "not_ours").mkdir()
+        assert clear_cache(tmp_path) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["not_ours"]
+        assert np.array_equal(left.get(keys[3]), vectors[3])  # what a process still maps stays readable to it
         held.release()
         assert not held.mapped.exists()
         assert np.array_equal(held.get(keys[0]), vectors[0])  # still mapped, still readable

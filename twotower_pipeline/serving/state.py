@@ -32,6 +32,7 @@ from twotower_pipeline.serving.live import LiveEmbeddings, ServedRun
 from twotower_pipeline.serving.schemas import InvocationRequest
 from twotower_pipeline.serving.settings import CampaignSettings, ServeSettings
 from twotower_pipeline.serving.towers import TowerService
+from twotower_pipeline.serving.vectors import clear_cache
 from twotower_pipeline.store import names
 from twotower_pipeline.store.client import MongoStore, redact_text
 from twotower_pipeline.store.slices import SlicedCollection
@@ -72,6 +73,7 @@ class Runtime:
 
     def start(self) -> None:
         ensure_source_indexes(self.store)
+        clear_cache(self.settings.vector_cache_dir)
         unshipped = self.journal.open()
         # requests answered before a restart and not in MongoDB yet: the newest are kept for /response
         presented = [document for location, document in unshipped if location == names.PRESENTED]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -115,3 +116,17 @@ class CustomerVectors:
                 self.mapped.rmdir()
             except OSError:
                 pass
+
+
+def clear_cache(cache_dir) -> int:
+    """Delete the mapped files a killed process of this service left in `cache_dir` (a folder per
+    loaded run); what another process still maps stays readable to it. The folders removed."""
+    folder = Path(cache_dir)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.is_dir() and ((entry / "keys.npy").exists() or (entry / "vectors.npy").exists()):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
