@@ -75,13 +75,12 @@ def trained_slice(mongo, store):
 FAST = {"epochs": 3, "batch_size": 128, "embedding_dim": 16, "hidden": 32}
 
 
-@pytest.fixture(scope="module")
-def published_run(mongo_uri):
-    """(store, resources, traffic) of a module's own database prefix: a small simulated predictor
-    flattened, framed, trained as run `run_a` (FAST), passed through an open gate and published."""
-    prefix = f"t{uuid.uuid4().hex[:10]}_"
-    store = MongoStore(mongo_uri, prefix)
-    resources = build_resources(MongoResource(uri=mongo_uri, database_prefix=prefix))
+def publish_small_run(uri: str, prefix: str):
+    """(store, resources, traffic): a small simulated predictor under `prefix` on the server at
+    `uri`, flattened, framed, trained as run `run_a` (FAST), passed through an open gate and
+    published."""
+    store = MongoStore(uri, prefix)
+    resources = build_resources(MongoResource(uri=uri, database_prefix=prefix))
     traffic = simulate_traffic(n_customers=200, n_offers=20, n_requests=2500, days=3, seed=7)
     write_runtime_logs(store, traffic.logs)
     assets = list(defs.assets)
@@ -97,7 +96,18 @@ def published_run(mongo_uri):
                             "concept_test_metrics": {"config": open_gate}}}).success
     assert dg.materialize(assets, resources=resources, selection=["runtime_embeddings"],
                           run_config={"ops": {"runtime_embeddings": {"config": {"run_id": "run_a"}}}}).success
-    yield store, resources, traffic
+    return store, resources, traffic
+
+
+def drop_prefix(store: MongoStore) -> None:
     for name in store.client.list_database_names():
-        if name.startswith(prefix):
+        if name.startswith(store.database_prefix):
             store.client.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def published_run(mongo_uri):
+    """`publish_small_run` under a module's own database prefix on the session's server."""
+    store, resources, traffic = publish_small_run(mongo_uri, f"t{uuid.uuid4().hex[:10]}_")
+    yield store, resources, traffic
+    drop_prefix(store)
