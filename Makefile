@@ -28,8 +28,9 @@ demo: install
 
 # Two workers: most of a test's time is spent waiting on the server or a run's process. A module
 # stays on one worker (--dist loadscope): the fault-injection module shares a server it kills.
+# -rs: the summary lists each skipped test with its reason (no PostgreSQL, RabbitMQ or Chromium here).
 test: install browser
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope -rs
 
 # The browser test's Chromium: Debian's package where apt can install it (never a browser download);
 # where it cannot, the test says it was skipped.

@@ -4,7 +4,7 @@ import dagster as dg
 
 from twotower_pipeline.defs.assets import offline_scoring, runtime_logs, training, training_data
 from twotower_pipeline.defs.automation import publish_sensor, refresh_sensor
-from twotower_pipeline.defs.executors import step_processes
+from twotower_pipeline.defs.executors import step_executor
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.defs.jobs import (
     daily_flatten_schedule,
@@ -19,7 +19,6 @@ from twotower_pipeline.defs.jobs import (
 )
 from twotower_pipeline.defs.resources import mongo_from_environment
 from twotower_pipeline.defs.run_health import orphaned_runs_sensor
-from twotower_pipeline.defs.scoring_fanout import score_fanout_job
 
 
 def build_resources(mongo=None) -> dict:
@@ -38,10 +37,9 @@ defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([runtime_logs, training_data, training, offline_scoring]),
             runtime_logs.presented_logs, runtime_logs.response_logs, runtime_logs.offer_matrix,
             runtime_logs.customer_features],
-    jobs=[flatten_job, retrain_job, publish_job, rollback_job, refresh_job, score_job, score_fanout_job,
-          publish_scores_job],
+    jobs=[flatten_job, retrain_job, publish_job, rollback_job, refresh_job, score_job, publish_scores_job],
     schedules=[daily_flatten_schedule, weekly_retrain_schedule],
     sensors=[publish_sensor, refresh_sensor, orphaned_runs_sensor],
     resources=build_resources(),
-    executor=step_processes,
+    executor=step_executor(),
 )

@@ -21,7 +21,6 @@ from twotower_pipeline.store.slices import SlicedCollection
 DATABASE = names.FLATTEN.partition(".")[0]
 USER_EMBEDDINGS = f"{DATABASE}.{names.USER_EMBEDDINGS}"
 ITEM_EMBEDDINGS = f"{DATABASE}.{names.ITEM_EMBEDDINGS}"
-NORM_TOLERANCE = embeddings.NORM_TOLERANCE
 #: Stands in for the other tower's key when one side is embedded on its own (it is never encoded).
 NO_KEY = "__export__"
 
@@ -34,21 +33,6 @@ class EmbeddingSet:
     keys: list[str]
     vectors: np.ndarray  # [n, embedding_dim]
     sources: dict[str, int]  # how many keys each source contributed
-
-    def problems(self, embedding_dim: int) -> list[str]:
-        """What is wrong with the vectors (empty when they may be published)."""
-        found = []
-        if self.vectors.ndim != 2 or self.vectors.shape[1] != embedding_dim:
-            found.append(f"vectors have shape {self.vectors.shape}, expected (n, {embedding_dim})")
-        if not np.isfinite(self.vectors).all():
-            found.append(f"{int((~np.isfinite(self.vectors)).any(axis=1).sum())} vectors are not finite")
-        norms = np.linalg.norm(self.vectors, axis=1)
-        off = int((np.abs(norms - 1.0) > NORM_TOLERANCE).sum())
-        if off:
-            found.append(f"{off} vectors are not unit length")
-        if len(set(self.keys)) != len(self.keys):
-            found.append(f"{len(self.keys) - len(set(self.keys))} duplicate {self.key_field} values")
-        return found
 
 
 def _keys(values) -> list[str]:
@@ -98,13 +82,11 @@ def item_embedding_set(run: TrainedRun, offer_matrix: pd.DataFrame, training_fra
 
 def keep_run_vectors(publisher: embeddings.Publisher, run: TrainedRun, embedding_set: EmbeddingSet,
                      owner: dict | None = None) -> int:
-    """Check one tower's vectors and keep them as the run's own (not yet what the runtime reads)."""
-    problems = embedding_set.problems(run.model.embedding_dim)
-    if problems:
-        raise ValueError(f"not keeping the {embedding_set.key_field} vectors of run {run.run_id}: "
-                         + "; ".join(problems))
+    """Keep one tower's vectors as the run's own (not yet what the runtime reads); vectors that
+    break the contract are refused by the write (`embeddings.vector_problems`)."""
     tower = "user" if embedding_set.key_field == "customer_id" else "item"
-    return publisher.write_run(tower, run.run_id, embedding_set.keys, embedding_set.vectors, owner=owner)
+    return publisher.write_run(tower, run.run_id, embedding_set.keys, embedding_set.vectors, owner=owner,
+                               embedding_dim=run.model.embedding_dim)
 
 
 def save_run_document(store: MongoStore, run: TrainedRun) -> None:

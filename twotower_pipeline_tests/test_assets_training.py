@@ -200,13 +200,22 @@ def test_export_cli_publishes_a_stored_run(trained_slice, store, mongo_uri, data
     assert "no artefact named 'two_tower_model' with run_id='nope'" in capsys.readouterr().err
 
 
-def test_vectors_that_break_the_contract_are_named_before_publishing():
+def test_vectors_that_break_the_contract_are_named_before_publishing(store):
     good = np.eye(4)[:3]
-    assert publishing.EmbeddingSet("offer", ["a", "b", "c"], good, {}).problems(4) == []
+    assert embeddings.vector_problems(["a", "b", "c"], good, 4) == []
     bad = good.copy()
     bad[0, 0] = np.nan
     bad[1] *= 2.0
-    problems = publishing.EmbeddingSet("offer", ["a", "b", "b"], bad, {}).problems(4)
-    assert problems == ["1 vectors are not finite", "1 vectors are not unit length", "1 duplicate offer values"]
-    assert publishing.EmbeddingSet("offer", ["a", "b", "c"], good, {}).problems(8) == [
-        "vectors have shape (3, 4), expected (n, 8)"]
+    problems = embeddings.vector_problems(["a", "b", "b"], bad, 4)
+    assert problems == ["1 vectors are not finite", "1 vectors are not unit length", "1 duplicate keys"]
+    assert embeddings.vector_problems(["a", "b", "c"], good, 8) == ["vectors of shape (3, 4), expected (n, 8)"]
+    assert embeddings.vector_problems(["a", "b"], good) == ["2 keys but 3 vectors"]
+    # the check is where vectors are written: a caller that skips the export's path is refused too
+    publisher = embeddings.Publisher(store)
+    not_finite = good.copy()
+    not_finite[2, 1] = np.inf
+    with pytest.raises(ValueError, match="not keeping the item vectors of run run_x: 1 vectors are not finite"):
+        publisher.write_run("item", "run_x", ["a", "b", "c"], not_finite)
+    with pytest.raises(ValueError, match="expected \\(n, 8\\)"):
+        publisher.write_run("item", "run_x", ["a", "b", "c"], good, embedding_dim=8)
+    assert not store.database("logging").list_collection_names(filter={"name": {"$regex": "run_x"}})

@@ -6,9 +6,14 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from twotower_pipeline.definitions import defs
+from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.defs.executors import CELERY_BROKER_ENV
+from twotower_pipeline.defs.jobs import RetrainConfig
+from twotower_pipeline.model import TrainingParams
+from twotower_pipeline.parameters import TrainingWindow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +130,9 @@ def test_dg_check_defs_passes():
 def test_steps_fork_from_a_server_that_imported_the_definitions_and_nothing_else():
     """The executor's forkserver imports the definitions once and forks every step from it: that is
     only safe while importing them starts no thread and opens no connection."""
-    jobs = ["retrain_job", "score_job"] + ([] if os.environ.get(CELERY_BROKER_ENV) else ["score_fanout_job"])
-    for job in jobs:
-        assert defs.resolve_job_def(job).executor_def.name == "multiprocess_forkserver", job
+    if not os.environ.get(CELERY_BROKER_ENV):  # with a broker every job's steps go to Celery workers
+        for job in ("retrain_job", "score_job", "flatten_job"):
+            assert defs.resolve_job_def(job).executor_def.name == "multiprocess_forkserver", job
     probe = ("import socket, threading\n"
              "opened = []\n"
              "socket.socket.connect = lambda self, address: opened.append(address)\n"
@@ -138,3 +143,38 @@ def test_steps_fork_from_a_server_that_imported_the_definitions_and_nothing_else
                             cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-2] == "1 []"
+
+
+def test_the_launchpads_offer_every_training_parameter_from_its_one_declaration():
+    declared = TrainingParams.model_fields
+    launchpad = defs.resolve_job_def("retrain_job").run_config_schema.config_type.fields
+    for name, field in declared.items():  # each with the declared default, description and range text
+        assert launchpad[name].default_value == field.get_default(call_default_factory=True), name
+        assert launchpad[name].description == field.description, name
+    assert set(launchpad) == set(declared) | set(TrainingWindow.model_fields) | {"run_id"}
+    assert [v.config_value for v in launchpad["loss"].config_type.enum_values] == ["auto", "softmax", "mixed",
+                                                                                   "pointwise"]
+    with pytest.raises(ValueError, match="embedding_dim=512 is out of range; allowed 4..256"):
+        RetrainConfig(predictor="p", embedding_dim=512)
+    with pytest.raises(ValueError, match="metric_k=0 is out of range; allowed 1..1000"):
+        TwoTowerConfig(metric_k=0)
+    assert RetrainConfig(predictor="p", logq_correction=False).training_config().params().logq_correction is False
+
+
+def test_the_web_process_validates_training_requests_without_the_dagster_definitions():
+    probe = ("import sys\n"
+             "from fastapi import HTTPException\n"
+             "from twotower_pipeline.serving.routes.workbench import _training_config\n"
+             "config = _training_config({'predictor': 'p', 'n_catalogue_negatives': 64})\n"
+             "try:\n"
+             "    _training_config({'predictor': 'p', 'validation_metric': 'f1'})\n"
+             "except HTTPException as error:\n"
+             "    print(error.status_code, error.detail)\n"
+             "print(config['n_catalogue_negatives'], sorted(m for m in sys.modules if m.startswith(\n"
+             "    ('dagster', 'twotower_pipeline.defs', 'twotower_pipeline.definitions'))))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    refused, accepted = result.stdout.strip().split("\n")
+    assert refused.startswith("422 validation_metric='f1' is not one of ['auto', 'ndcg@k'"), refused
+    assert accepted == "64 []"

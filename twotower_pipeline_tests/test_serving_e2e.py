@@ -2,8 +2,8 @@
 the published run, logs what it showed and what they accepted, and stops cleanly; the flatten
 asset re-materialised for today finds every one of those interactions, and the next training
 frame holds them. Training and batch scoring are then launched through the service's sidecar and
-workbench endpoints as Dagster runs on a real `dagster dev` (webserver and daemon), and their
-results read back.
+workbench endpoints on a real `dagster dev` (webserver and daemon): training as a run, batch scoring
+as an asset backfill (a run per customer shard, then the publish); their results read back.
 """
 
 import datetime as dt
@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.definitions import defs
 from twotower_pipeline.store import names
 from twotower_pipeline.store.slices import SlicedCollection
@@ -77,6 +78,13 @@ def environment(published_run, mongo_uri, tmp_path_factory):
     env = {**os.environ, "DAGSTER_HOME": str(home), "MONGODB_URI": mongo_uri,
            "TWOTOWER_DATABASE_PREFIX": store.database_prefix}
     return store, resources, traffic, env, home
+
+
+def _shard(run: dg.DagsterRun) -> str | None:
+    """The one customer shard a backfill's run scored (a range of one partition), or None."""
+    start = run.tags.get("dagster/asset_partition_range_start")
+    assert start == run.tags.get("dagster/asset_partition_range_end")
+    return start
 
 
 def _wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 420) -> dict:
@@ -176,6 +184,13 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
         _stop(webserver, must_exit=False)  # Dagster's own shutdown is not what this test checks
     assert scored["status"] == "SUCCESS", scored
     assert scored["result"] == {"run_id": "run_a", "scores_collection": names.SCORES, "customers": 50}
+    # batch scoring is an asset backfill: a run per customer shard, then the publish, each successful
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": scored["job_id"]}))
+    shards = score_shards.get_partition_keys()
+    assert sorted(_shard(r) for r in backfill_runs if _shard(r)) == shards
+    assert len(backfill_runs) == len(shards) + 1
+    assert {r.status for r in backfill_runs} == {dg.DagsterRunStatus.SUCCESS}
     scores = store.database("logging")[names.SCORES]
     assert scores.count_documents({"run_id": "run_a"}) == 50 == scores.count_documents({})
     assert all(len(d["ranked"]) == 5 for d in scores.find({}, {"ranked": 1}))

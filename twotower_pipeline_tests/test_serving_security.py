@@ -306,8 +306,16 @@ def test_numbers_storage_cannot_hold_are_refused_naming_the_field(served, path, 
 
 # --- launches ------------------------------------------------------------------------------------------
 def _terminate(web, store):
+    """Ends what the tests launched: runs are terminated; a backfill is cancelled, and since this
+    webserver runs no daemon to finish the cancel (it stays CANCELING), its record is marked finished."""
     client = web.client()
-    for record in store.collection(names.JOBS).find({}, {"job_id": 1}):
+    for record in store.collection(names.JOBS).find({}, {"job_id": 1, "backfill": 1}):
+        if record.get("backfill"):
+            httpx.post(f"{web.url}/graphql", timeout=60, json={
+                "query": "mutation ($id: String!) { cancelPartitionBackfill(backfillId: $id) { __typename } }",
+                "variables": {"id": record["job_id"]}})
+            store.collection(names.JOBS).update_one({"_id": record["_id"]}, {"$set": {"finished": True}})
+            continue
         try:
             client.terminate_run(record["job_id"])
         except Exception:  # already finished

@@ -8,7 +8,7 @@ import os
 
 import dagster as dg
 
-#: A Celery broker URL (e.g. pyamqp://guest:guest@127.0.0.1:5672//): the fan-out's steps go to
+#: A Celery broker URL (e.g. pyamqp://guest:guest@127.0.0.1:5672//): every run's steps go to
 #: Celery workers (`dagster-celery worker start`); unset: to processes of the run's own machine.
 CELERY_BROKER_ENV = "TWOTOWER_CELERY_BROKER"
 
@@ -18,8 +18,9 @@ step_processes = dg.multiprocess_executor.configured(
 )
 
 
-def fanout_executor() -> dg.ExecutorDefinition:
-    """Celery workers when TWOTOWER_CELERY_BROKER names a broker, else the run's own processes."""
+def step_executor() -> dg.ExecutorDefinition:
+    """The Definitions' executor: Celery workers when TWOTOWER_CELERY_BROKER names a broker (a
+    batch-scoring backfill's shard runs then score on the workers), else the run's own processes."""
     if os.environ.get(CELERY_BROKER_ENV):
         from dagster_celery import celery_executor
         return celery_executor.configured({"broker": {"env": CELERY_BROKER_ENV}, "backend": "rpc://"})

@@ -12,7 +12,6 @@ from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten,
 from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.defs.assets.training_data import TrainingFrameConfig
 from twotower_pipeline.defs.partitions import daily_partitions
-from twotower_pipeline.model import TrainingParams
 
 #: The weekly retrain's predictor (no predictor: the schedule skips, saying so) and window in days
 #: (unset: every day flattened so far).
@@ -41,9 +40,6 @@ def daily_flatten_schedule(context: dg.ScheduleEvaluationContext):
 class RetrainConfig(TwoTowerConfig, TrainingFrameConfig):
     """A retrain's launchpad: the training slice (predictor, window) and the training parameters,
     all checked when the run is launched."""
-
-    def params(self) -> TrainingParams:
-        return TrainingParams.from_dict(self.model_dump(exclude={"run_id", *TrainingFrameConfig.model_fields}))
 
     def frame_config(self) -> TrainingFrameConfig:
         return TrainingFrameConfig(**self.model_dump(include=set(TrainingFrameConfig.model_fields)))

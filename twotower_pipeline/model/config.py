@@ -1,4 +1,4 @@
-"""Every knob of a two-tower training run, in one validated dataclass.
+"""Every knob of a two-tower training run, declared once: names, defaults, ranges and descriptions.
 
 The documented ecosystem.Ai parameters (SPEC §4, PyTorch path) keep their names and defaults:
 `embedding_dim` 32 (4..256), `epochs` 25 (1..500), `stopping_rounds` 3 (0..50), `batch_size` 256,
@@ -51,141 +51,139 @@ slower on 2 cores), `holdout` "customer" (the offline-scoring split), `decline_s
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-LOSSES = ("auto", "softmax", "mixed", "pointwise")
-SWITCHES = ("auto", "on", "off")
-HOLDOUTS = ("customer", "time")
-DECLINE_SAMPLING = ("auto", "off", "always")
-LEARNING_RATE_SCHEDULES = ("auto", "cosine", "constant")
-VALIDATION_METRICS = ("auto", "ndcg@k", "recall@k", "auc", "user_auc", "item_auc")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# name -> (low, high) inclusive; floats marked by float bounds.
-_RANGES: dict[str, tuple[float, float]] = {
-    "embedding_dim": (4, 256),
-    "epochs": (1, 500),
-    "stopping_rounds": (0, 50),
-    "batch_size": (2, 65536),
-    "hidden": (1, 4096),
-    "layers": (0, 8),
-    "learning_rate": (1e-6, 1.0),
-    "temperature": (0.001, 10.0),
-    "pointwise_temperature": (0.001, 10.0),
-    "n_catalogue_negatives": (1, 100_000),
-    "pointwise_weight": (0.0, 100.0),
-    "context_dropout": (0.0, 1.0),
-    "request_context_dropout": (0.0, 1.0),
-    "id_dropout": (0.0, 1.0),
-    "history_dropout": (0.0, 0.99),
-    "feature_dropout": (0.0, 0.99),
-    "history_length": (1, 100_000),
-    "weight_decay": (0.0, 10.0),
-    "popularity_prior": (0.0, 5.0),
-    "min_epochs": (1, 500),
-    "small_catalogue": (0, 100_000_000),
-    "feature_embedding_dim": (1, 256),
-    "min_frequency": (1, 1_000_000),
-    "max_vocabulary": (1, 100_000_000),
-    "max_list_length": (1, 1024),
-    "validation_split": (0.05, 0.5),
-    "holdout_days": (1, 3650),
-    "metric_k": (1, 1000),
-    "max_validation_users": (1, 10_000_000),
-    "seed": (0, 2**32 - 1),
-    "num_threads": (0, 256),
-}
-_FLOATS = {"learning_rate", "temperature", "pointwise_temperature", "pointwise_weight", "context_dropout",
-           "request_context_dropout", "id_dropout", "validation_split", "history_dropout", "feature_dropout",
-           "weight_decay", "popularity_prior"}
+Loss = Literal["auto", "softmax", "mixed", "pointwise"]
+Switch = Literal["auto", "on", "off"]
+Holdout = Literal["customer", "time"]
+DeclineSampling = Literal["auto", "off", "always"]
+LearningRateSchedule = Literal["auto", "cosine", "constant"]
+ValidationMetric = Literal["auto", "ndcg@k", "recall@k", "auc", "user_auc", "item_auc"]
 
 
-@dataclass
-class TrainingParams:
+def _in(default, low, high, text: str):
+    """A bounded parameter: the bounds are checked and shown in its description, declared once."""
+    return Field(default, ge=low, le=high, description=f"{text} ({low:g}..{high:g})")
+
+
+def _columns(*default: str, text: str):
+    """A list of column names; a plain default (pydantic copies it per instance) so that the
+    launchpad shows it."""
+    return Field(list(default), description=text)
+
+
+class TrainingParams(BaseModel):
+    """The parameters of a training run. The launchpad (`TwoTowerConfig`, `RetrainConfig`), the
+    workbench's validation and the model read this one declaration; "(SPEC §4)" marks the
+    documented ones, the rest are ours (see the module docstring for why each default)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
     # --- documented (SPEC §4) ---
-    embedding_dim: int = 32            # length of both towers' output vectors
-    epochs: int = 25                   # passes over the training examples (upper bound with early stopping)
-    stopping_rounds: int = 3           # early-stopping patience in epochs; 0 = all epochs, the last one kept
-    batch_size: int = 256              # examples per step (= in-batch candidates for the softmax)
-    hidden: int = 64                   # width of each MLP layer
-    learning_rate: float = 0.001       # Adam
-    user_features: list[str] = field(default_factory=lambda: ["customer_id", "price", "rank", "score"])
-    item_features: list[str] = field(default_factory=lambda: ["offer", "price", "rank", "score"])
-    categorical_columns: list[str] = field(default_factory=list)  # empty: object/str columns are categorical
-    user_id_column: str = "customer_id"
-    item_id_column: str = "offer"
-    target_column: str = "accepted"
-    validation_split: float = 0.2      # share of each customer's exposures held out (holdout "customer")
-    seed: int = 42
+    embedding_dim: int = _in(32, 4, 256, "Length of both towers' output vectors (SPEC §4).")
+    epochs: int = _in(25, 1, 500, "Most passes over the training examples, early stopping aside (SPEC §4).")
+    stopping_rounds: int = _in(3, 0, 50, "Early-stopping patience in epochs; 0 = all epochs, the last kept (SPEC §4).")
+    batch_size: int = _in(256, 2, 65536, "Examples per step (= in-batch candidates for the softmax) (SPEC §4).")
+    hidden: int = _in(64, 1, 4096, "Width of each hidden layer (SPEC §4).")
+    learning_rate: float = _in(0.001, 1e-6, 1.0, "Adam's learning rate (SPEC §4).")
+    user_features: list[str] = _columns("customer_id", "price", "rank", "score",
+                                        text="Columns of the customer tower (SPEC §4).")
+    item_features: list[str] = _columns("offer", "price", "rank", "score", text="Columns of the offer tower (SPEC §4).")
+    categorical_columns: list[str] = _columns(text="Columns encoded as categories; empty: the text columns (SPEC §4).")
+    user_id_column: str = Field("customer_id", min_length=1, description="The customer key column (SPEC §4).")
+    item_id_column: str = Field("offer", min_length=1, description="The offer key column (SPEC §4).")
+    target_column: str = Field("accepted", min_length=1, description="The 0/1 label column (SPEC §4).")
+    validation_split: float = _in(0.2, 0.05, 0.5, "Share of each customer's exposures held out (holdout "
+                                  "customer) (SPEC §4).")
+    seed: int = _in(42, 0, 2**32 - 1, "Same seed, same data, same machine: the same model (SPEC §4).")
     # --- ours: the held-out split (offline scoring rebuilds it from the same frame) ---
-    holdout: str = "customer"          # "customer": per-customer share; "time": the last holdout_days days
-    holdout_days: int = 7
+    holdout: Holdout = Field("customer", description="customer: a share per customer; time: the last "
+                             "holdout_days days.")
+    holdout_days: int = _in(7, 1, 3650, "Days held out for holdout=time.")
     # --- ours: features ---
-    side_features: bool = True         # also feed each tower the frame's columns its key determines
-    feature_embedding_dim: int = 8     # width of each categorical and multi-hot embedding
-    min_frequency: int = 1             # a value seen fewer times maps to the out-of-vocabulary index 0
-    max_vocabulary: int = 1_000_000    # most frequent values kept per column; the rest map to index 0
-    max_list_length: int = 32          # multi-hot lists (e.g. genres) keep their first N entries
-    context_dropout: float = 1.0       # per training row, replace price/rank/score by the export defaults
-    # the customer tower also reads the request's context (the frame's `context_<key>` columns)
-    request_context: bool = True
-    # per training row, the whole request context set to its neutral value (absent: the
-    # out-of-vocabulary code, the training mean), as exported vectors have it
-    request_context_dropout: float = 0.5
-    id_dropout: float = 0.0            # per training row, replace the id by the OOV index (cold-start practice)
+    side_features: bool = Field(True, description="Also feed each tower the frame's columns its key determines.")
+    feature_embedding_dim: int = _in(8, 1, 256, "Width of each categorical and multi-hot embedding.")
+    min_frequency: int = _in(1, 1, 1_000_000, "A value seen fewer times maps to the out-of-vocabulary index 0.")
+    max_vocabulary: int = _in(1_000_000, 1, 100_000_000, "Most frequent values kept per column; the rest map to "
+                              "index 0.")
+    max_list_length: int = _in(32, 1, 1024, "Multi-hot lists (e.g. genres) keep their first N entries.")
+    context_dropout: float = _in(1.0, 0.0, 1.0, "Share of training rows whose price/rank/score are replaced by "
+                                 "the export defaults.")
+    request_context: bool = Field(True, description="The customer tower also reads the request's context (the "
+                                  "frame's `context_<key>` columns from in_params).")
+    request_context_dropout: float = _in(0.5, 0.0, 1.0, "Share of training rows whose request context is set to "
+                                         "its neutral value, as exported vectors have it.")
+    id_dropout: float = _in(0.0, 0.0, 1.0, "Share of training rows whose id is replaced by the out-of-vocabulary "
+                            "index (cold-start practice).")
     # --- ours: model ---
-    layers: int = 1                    # hidden MLP layers of each tower's feature part (0 = linear)
-    # customer id part = mean embedding of its accepted offers (training split) instead of an id
-    # embedding; "auto": on, except for real declines over a small catalogue (see `resolved`)
-    user_history: str = "auto"
-    history_length: int = 256          # most recent distinct accepted offers kept per customer
-    history_dropout: float = 0.7       # per training row, share of history entries dropped (its target always is)
-    feature_dropout: float = 0.5       # with a history: share of training rows without the customer's feature part
+    layers: int = _in(1, 0, 8, "Hidden layers of each tower's feature part (0 = linear).")
+    user_history: Switch = Field("auto", description="The customer as the mean of its accepted offers' embeddings "
+                                 "instead of an id embedding; auto: on, except for real declines over a small "
+                                 "catalogue.")
+    history_length: int = _in(256, 1, 100_000, "Most recent distinct accepted offers kept per customer.")
+    history_dropout: float = _in(0.7, 0.0, 0.99, "Share of a history dropped per training row (its target "
+                                 "always is).")
+    feature_dropout: float = _in(0.5, 0.0, 0.99, "With a history: share of training rows without the customer's "
+                                 "feature part.")
     # --- ours: objective ---
-    # "softmax" in-batch | "mixed" in-batch + catalogue | "pointwise" BCE on the exposures; "auto":
-    # "pointwise" for real declines over a small catalogue (see `resolved`), else "softmax"
-    loss: str = "auto"
-    small_catalogue: int = 20          # "auto": at most this many offers with real declines -> pointwise
-    pointwise_weight: float = 0.5      # weight of BCE on explicit declines added to softmax/mixed (0 = off)
-    temperature: float = 0.1           # the softmax's logits = cosine / temperature
-    pointwise_temperature: float = 0.2  # the pointwise (BCE) term's logit = cosine / pointwise_temperature + bias
-    logq_correction: bool = True       # subtract log sampling probability of each candidate
-    # the softmax also subtracts popularity_prior x log(popularity) from each candidate's logit, so
-    # the cosine it learns keeps that much of the offer's popularity (a prior in the served scores)
-    popularity_prior: float = 0.3
-    remove_accidental_hits: bool = True  # mask in-batch candidates that are the row's own positive offer
-    n_catalogue_negatives: int = 2048  # loss="mixed": uniform catalogue negatives per step; a catalogue
-    #                                    of at most this many offers is ranked whole (exact softmax)
-    weight_decay: float = 0.0          # decoupled weight decay (AdamW); 0 = Adam
-    # "cosine": the learning rate falls from learning_rate to 5% of it along a half cosine over the
-    # run's `epochs` (step by step); "constant": learning_rate throughout; "auto": cosine for the
-    # softmax losses, constant for "pointwise" (see `resolved`)
-    learning_rate_schedule: str = "auto"
-    # a sampled decline pairs an accept's customer with a uniformly drawn catalogue offer (label 0):
-    # "auto" when the frame has no declines (implicit feedback), "always" beside real declines, "off"
-    decline_sampling: str = "auto"
+    loss: Loss = Field("auto", description="softmax (in-batch) | mixed (in-batch + catalogue) | pointwise (BCE on "
+                       "the exposures); auto: pointwise for real declines over a small catalogue, else softmax.")
+    small_catalogue: int = _in(20, 0, 100_000_000, "auto: at most this many offers with real declines asks "
+                               "accept-or-decline (pointwise).")
+    pointwise_weight: float = _in(0.5, 0.0, 100.0, "Weight of the BCE term on declines added to softmax/mixed "
+                                  "(0 = off).")
+    temperature: float = _in(0.1, 0.001, 10.0, "The softmax's logits are cosine / temperature.")
+    pointwise_temperature: float = _in(0.2, 0.001, 10.0, "The BCE term's logit is cosine / pointwise_temperature "
+                                       "+ bias.")
+    logq_correction: bool = Field(True, description="Subtract each candidate's log sampling probability from "
+                                  "its logit.")
+    popularity_prior: float = _in(0.3, 0.0, 5.0, "Share of log(offer popularity) the softmax leaves in the served "
+                                  "cosine (0 = none).")
+    remove_accidental_hits: bool = Field(True, description="Mask in-batch candidates that are the row's own "
+                                         "positive offer.")
+    n_catalogue_negatives: int = _in(2048, 1, 100_000, "loss=mixed: uniform catalogue negatives per step; a "
+                                     "catalogue of at most this many offers is ranked whole.")
+    weight_decay: float = _in(0.0, 0.0, 10.0, "Decoupled weight decay (AdamW); 0 = Adam.")
+    learning_rate_schedule: LearningRateSchedule = Field(
+        "auto", description="cosine: falls to 5% of learning_rate along a half cosine over the epochs; constant; "
+        "auto: constant for pointwise, else cosine.")
+    decline_sampling: DeclineSampling = Field(
+        "auto", description="A sampled decline pairs an accept's customer with a uniformly drawn offer: auto when "
+        "the frame has no declines, always beside real declines, or off.")
     # --- ours: validation / runtime ---
-    # early-stopping metric (higher is better); "auto": "ndcg@k", or "auc" (accepts above declines
-    # over all held-out exposures) for real declines over a small catalogue (see `resolved`)
-    validation_metric: str = "auto"
-    min_epochs: int = 5                # early stopping never stops a run before this many epochs
-    metric_k: int = 10                 # K of recall@K / NDCG@K
-    max_validation_users: int = 5000   # customers sampled for the ranking metrics each epoch
-    num_threads: int = 0               # torch threads while training; 0 = 1 (measured fastest for these sizes)
+    validation_metric: ValidationMetric = Field(
+        "auto", description="Early-stopping metric (higher is better); auto: auc for real declines over a small "
+        "catalogue, else ndcg@k.")
+    min_epochs: int = _in(5, 1, 500, "Early stopping never stops a run before this many epochs.")
+    metric_k: int = _in(10, 1, 1000, "K of recall@K and NDCG@K.")
+    max_validation_users: int = _in(5000, 1, 10_000_000, "Customers sampled for the ranking metrics each epoch.")
+    num_threads: int = _in(0, 0, 256, "Torch threads while training; 0 = 1 (measured fastest for these sizes).")
 
-    def __post_init__(self):
-        self.validate()
+    def __init__(self, **values: Any):
+        """Every refusal is one ValueError naming each parameter, its value and what is allowed."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ValueError(_describe_all(type(self), error.errors())) from None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in ("user_features", "item_features", "categorical_columns"):
+            if not all(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a list of column names")
+        for name in ("user_features", "item_features"):
+            if not getattr(self, name) and not self.side_features:
+                raise ValueError(f"{name}=[] with side_features=False leaves the tower without inputs")
+        if self.user_id_column == self.item_id_column:
+            raise ValueError(f"user_id_column and item_id_column are both {self.user_id_column!r}")
+        return self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainingParams":
         """Build from a plain dict (launchpad, sidecar `hyperparameters`); unknown keys are an error."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training parameter(s) {unknown}; known parameters: {sorted(known)}")
-        return cls(**values)
+        return cls(**dict(values or {}))
 
     def resolved(self, has_declines: bool, n_offers: int) -> "TrainingParams":
         """The parameters with every "auto" decided by the data: a frame with real declines whose
@@ -195,8 +193,7 @@ class TrainingParams:
         softmax, validated on NDCG@K, the customer its history, the cosine learning-rate schedule)."""
         accept_or_decline = has_declines and n_offers <= self.small_catalogue
         loss = self.loss if self.loss != "auto" else ("pointwise" if accept_or_decline else "softmax")
-        return dataclasses.replace(
-            self,
+        return self.replace(
             loss=loss,
             learning_rate_schedule=(self.learning_rate_schedule if self.learning_rate_schedule != "auto"
                                     else ("constant" if loss == "pointwise" else "cosine")),
@@ -205,43 +202,44 @@ class TrainingParams:
             validation_metric=(self.validation_metric if self.validation_metric != "auto"
                                else ("auc" if accept_or_decline else "ndcg@k")))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def replace(self, **changes: Any) -> "TrainingParams":
+        """A copy with `changes`, validated like any other."""
+        return type(self)(**{**self.to_dict(), **changes})
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in _RANGES:
-                low, high = _RANGES[f.name]
-                if f.name in _FLOATS:
-                    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-                    kind = "a number"
-                else:
-                    ok_type = isinstance(value, int) and not isinstance(value, bool)
-                    kind = "an integer"
-                if not ok_type:
-                    raise ValueError(f"{f.name}={value!r} must be {kind} in {low:g}..{high:g}")
-                if not low <= value <= high:
-                    raise ValueError(f"{f.name}={value!r} is out of range; allowed {low:g}..{high:g}")
-        for name in ("user_features", "item_features", "categorical_columns"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{name}={value!r} must be a list of column names")
-            setattr(self, name, list(value))
-        for name in ("user_features", "item_features"):
-            if not getattr(self, name) and not self.side_features:
-                raise ValueError(f"{name}=[] with side_features=False leaves the tower without inputs")
-        for name in ("user_id_column", "item_id_column", "target_column"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a column name")
-        for name in ("side_features", "request_context", "logq_correction", "remove_accidental_hits"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
-        for name, choices in (("loss", LOSSES), ("holdout", HOLDOUTS), ("decline_sampling", DECLINE_SAMPLING),
-                              ("user_history", SWITCHES), ("learning_rate_schedule", LEARNING_RATE_SCHEDULES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(choices)}")
-        if self.validation_metric not in VALIDATION_METRICS:
-            raise ValueError(f"validation_metric={self.validation_metric!r} is not one of {list(VALIDATION_METRICS)}")
-        if self.user_id_column == self.item_id_column:
-            raise ValueError(f"user_id_column and item_id_column are both {self.user_id_column!r}")
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _describe_all(model: type[BaseModel], problems: list[dict]) -> str:
+    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    said = [f"unknown training parameter(s) {unknown}; known parameters: {sorted(model.model_fields)}"
+            for _ in unknown[:1]]
+    return "; ".join(said + [_describe(model, p) for p in problems if p["type"] != "extra_forbidden"])
+
+
+def _describe(model: type[BaseModel], problem: dict) -> str:
+    """One pydantic problem in the words of this project's earlier messages."""
+    where = problem["loc"][0] if problem["loc"] else None
+    value = problem.get("input")
+    field = model.model_fields.get(where) if isinstance(where, str) else None
+    kind = problem["type"]
+    if kind == "missing":
+        return f"{where} is required"
+    if field is None or kind == "value_error":
+        return problem["msg"].removeprefix("Value error, ")
+    bounds = [getattr(m, attr) for m in field.metadata for attr in ("ge", "le") if hasattr(m, attr)]
+    allowed = f"{bounds[0]:g}..{bounds[1]:g}" if len(bounds) == 2 else None
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"{where}={value!r} is out of range; allowed {allowed}"
+    if kind == "literal_error":
+        return f"{where}={value!r} is not one of {list(get_args(field.annotation))}"
+    if field.annotation is bool:
+        return f"{where}={value!r} must be true or false"
+    if field.annotation is int:
+        return f"{where}={value!r} must be an integer" + (f" in {allowed}" if allowed else "")
+    if field.annotation is float:
+        return f"{where}={value!r} must be a number" + (f" in {allowed}" if allowed else "")
+    if field.annotation == list[str]:
+        return f"{where}={problem['input']!r} must be a list of column names" if len(problem["loc"]) == 1 else \
+            f"{where}: entry {problem['loc'][1]} ({value!r}) must be a column name"
+    return f"{where}={value!r}: {problem['msg']}"

@@ -23,7 +23,8 @@ from twotower_pipeline.ingest.context import KEY_PATTERN, MAX_KEY_LENGTH, MAX_KE
 #: Most offers one request may ask for, and most feature rows one sidecar request may send.
 MAX_NUMBER_OFFERS = 100
 MAX_INSTANCES = 1000
-DAGSTER_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: A job id: a Dagster run id (a uuid) or an asset backfill's id (eight lowercase letters).
+JOB_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z]{8})$")
 #: The integers BSON (and so every logged or recorded document) can hold.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -281,11 +282,3 @@ class ConceptTestRequest(Strict):
     run_id: Id
     customer_id: Id
     offers: Optional[list[Id]] = Field(default=None, max_length=10_000)
-
-
-def validation_text(error) -> str:
-    """A pydantic error as one line: `where: what` for each problem."""
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors())
-    return str(error)

@@ -1,9 +1,13 @@
 """The workbench API's data side (SPEC §9): predictors and their date bounds, read on the server,
 and training and batch scoring launched as Dagster runs through the webserver's GraphQL API.
 
-A job id is the Dagster run id; `ecosystem_meta.two_tower_jobs` records what each job was asked
-to do (kind, the two-tower run id, the request), so its status and result survive a restart of
-the service. The status is Dagster's; the result is read from what the run wrote.
+A training job is a Dagster run (its id the job id); a batch scoring job is an asset backfill of
+`batch_recommendations` (a run per customer shard) and `published_recommendations` (its id, eight
+letters, the job id), the way Dagster fans out partitions: the daemon launches the shard runs on the
+deployment's run launcher and executor (processes, or Celery workers), then the publish once every
+shard is in. `ecosystem_meta.two_tower_jobs` records what each job was asked to do (kind, the
+two-tower run id, the request), so its status and result survive a restart of the service. The
+status is Dagster's; the result is read from what the runs wrote.
 
 Launches are bounded (`max_concurrent_launches` runs of this service's not finished at once) and
 may carry an idempotency key: the key is reserved in MongoDB (a unique index) before the launch,
@@ -21,6 +25,7 @@ import time
 from typing import Callable
 from urllib.parse import urlsplit
 
+import httpx
 from pymongo.errors import DuplicateKeyError
 
 from twotower_pipeline import offline
@@ -30,6 +35,24 @@ from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection
 
 #: Dagster run statuses that are final.
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+#: Backfill statuses that are final, and the run status each is reported as.
+BACKFILL_FINISHED = {"COMPLETED": "SUCCESS", "COMPLETED_SUCCESS": "SUCCESS", "COMPLETED_FAILED": "FAILURE",
+                     "FAILED": "FAILURE", "CANCELED": "CANCELED"}
+_LAUNCH_BACKFILL = """mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+_BACKFILL_STATUS = """query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status }
+    ... on Error { message }
+  }
+}"""
 #: Idempotency keys of launches: {key, fingerprint, state launching|launched, answer}.
 LAUNCH_KEYS = "ecosystem_meta.two_tower_launch_keys"
 #: A reservation still `launching` after this long was left by a process that died mid-launch:
@@ -129,31 +152,32 @@ class DagsterJobs:
     def launch(self, kind: str, job_name: str, run_config: dict, *, run_id: str, request: dict,
                max_active: int = 2) -> str:
         """Submit `job_name` and record it; the Dagster run id (the job id). TooManyLaunches when
-        `max_active` runs launched here are not finished."""
+        `max_active` jobs launched here are not finished."""
+        return self._capped(max_active, lambda: self._submit(kind, job_name, run_config, run_id=run_id,
+                                                             request=request))
+
+    def launch_backfill(self, kind: str, assets: list[str], run_config: dict, *, run_id: str, request: dict,
+                        max_active: int = 2) -> str:
+        """Submit an asset backfill of every partition of `assets` and record it; its id (the job
+        id). TooManyLaunches as for `launch`."""
+        return self._capped(max_active, lambda: self._submit_backfill(kind, assets, run_config, run_id=run_id,
+                                                                      request=request))
+
+    def _capped(self, max_active: int, submit: Callable[[], str]) -> str:
         self._indexes()
         with self._launching:
             active = self.active()
             if active >= max_active:
                 raise TooManyLaunches(f"{active} runs launched through this service are not finished "
                                       f"(max_concurrent_launches {max_active}): try again once one is")
-            return self._submit(kind, job_name, run_config, run_id=run_id, request=request)
+            return submit()
 
     def active(self) -> int:
-        """Runs launched here that Dagster does not report finished; a finished one is marked so,
+        """Jobs launched here that Dagster does not report finished; a finished one is marked so,
         and never asked about again."""
-        from dagster_graphql import DagsterGraphQLClientError
         count = 0
-        for record in self.records.find({"finished": {"$ne": True}}, {"job_id": 1}):
-            try:
-                status = self.client.get_run_status(record["job_id"]).value
-            except DagsterGraphQLClientError as error:
-                if not str(error.args[0] if error.args else "").endswith("NotFoundError"):
-                    raise LaunchError(f"Dagster at {self.url} could not be asked for run {record['job_id']}: "
-                                      f"{error}") from None
-                status = "NOT_FOUND"  # a run Dagster no longer knows runs nothing
-            except Exception as error:
-                raise LaunchError(f"Dagster at {self.url} could not be asked for run {record['job_id']}: "
-                                  f"{type(error).__name__}") from None
+        for record in self.records.find({"finished": {"$ne": True}}, {"job_id": 1, "backfill": 1}):
+            status = self._run_status(record)
             if status in FINISHED or status == "NOT_FOUND":
                 self.records.update_one({"_id": record["_id"]}, {"$set": {"finished": True}})
             else:
@@ -220,17 +244,70 @@ class DagsterJobs:
                                  "request": request, "created_at": dt.datetime.now(dt.timezone.utc)})
         return job_id
 
+    def _submit_backfill(self, kind: str, assets: list[str], run_config: dict, *, run_id: str,
+                         request: dict) -> str:
+        params = {"assetSelection": [{"path": [asset]} for asset in assets], "allPartitions": True,
+                  "runConfigData": run_config, "title": f"{kind} {run_id}",
+                  "tags": [{"key": "twotower/job_kind", "value": kind}, {"key": "twotower/run_id", "value": run_id}]}
+        answer = self._graphql(_LAUNCH_BACKFILL, {"params": params}, f"launch a backfill of {', '.join(assets)}")
+        result = answer["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            why = result.get("message") or "; ".join(e["message"] for e in result.get("errors") or [])
+            raise LaunchError(f"Dagster at {self.url} refused the backfill of {', '.join(assets)}: "
+                              f"{result['__typename']}: {why}")
+        job_id = result["backfillId"]
+        self.records.insert_one({"job_id": job_id, "kind": kind, "backfill": True, "assets": assets,
+                                 "run_id": run_id, "request": request,
+                                 "created_at": dt.datetime.now(dt.timezone.utc)})
+        return job_id
+
+    def _graphql(self, query: str, variables: dict, doing: str) -> dict:
+        """The `data` of a GraphQL request to the webserver; LaunchError when it cannot be had."""
+        try:
+            answer = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables},
+                                timeout=self._client_args["timeout"])
+            body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+        except (httpx.HTTPError, ValueError) as error:
+            raise LaunchError(f"Dagster at {self.url} could not be reached to {doing}: {type(error).__name__}") \
+                from None
+        if answer.status_code != 200 and not body.get("errors"):
+            raise LaunchError(f"Dagster at {self.url} answered {answer.status_code} when asked to {doing}")
+        if body.get("errors"):
+            raise LaunchError(f"Dagster at {self.url} could not {doing}: {body['errors'][0].get('message')}")
+        return body["data"]
+
+    def _run_status(self, record: dict) -> str:
+        """Dagster's status of a job: its run's, or for a backfill the run status its state means
+        (STARTED until it is final); NOT_FOUND when Dagster no longer knows it."""
+        from dagster_graphql import DagsterGraphQLClientError
+        job_id = record["job_id"]
+        if record.get("backfill"):
+            found = self._graphql(_BACKFILL_STATUS, {"id": job_id}, f"be asked for backfill {job_id}")
+            backfill = found["partitionBackfillOrError"]
+            if backfill["__typename"] == "BackfillNotFoundError":
+                return "NOT_FOUND"
+            if backfill["__typename"] != "PartitionBackfill":
+                raise LaunchError(f"Dagster at {self.url} could not be asked for backfill {job_id}: "
+                                  f"{backfill.get('message')}")
+            status = backfill["status"]
+            return BACKFILL_FINISHED.get(status) or ("CANCELING" if status == "CANCELING" else "STARTED")
+        try:
+            return self.client.get_run_status(job_id).value
+        except DagsterGraphQLClientError as error:
+            if str(error.args[0] if error.args else "").endswith("NotFoundError"):
+                return "NOT_FOUND"  # a run Dagster no longer knows runs nothing
+            raise LaunchError(f"Dagster at {self.url} could not be asked for run {job_id}: {error}") from None
+        except Exception as error:
+            raise LaunchError(f"Dagster at {self.url} could not be asked for run {job_id}: "
+                              f"{type(error).__name__}") from None
+
     def status(self, job_id: str) -> dict | None:
         """{job_id, kind, job_name, run_id, status, result} or None for an unknown job id."""
         record = self.records.find_one({"job_id": job_id}, {"_id": 0, "request": 0, "finished": 0})
         if record is None:
             return None
-        try:
-            status = self.client.get_run_status(job_id).value
-        except Exception as error:  # the run's record is ours; its status is Dagster's
-            raise LaunchError(f"Dagster at {self.url} could not be asked for run {job_id}: "
-                              f"{type(error).__name__}") from None
-        answer = {**record, "status": status, "result": None}
+        status = self._run_status(record)
+        answer = {**{k: v for k, v in record.items() if k != "backfill"}, "status": status, "result": None}
         if status == "SUCCESS":
             answer["result"] = self._result(record)
         return answer

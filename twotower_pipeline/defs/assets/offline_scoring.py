@@ -213,7 +213,7 @@ def batch_recommendations(context: dg.AssetExecutionContext, config: BatchScorin
 def score_and_keep(context, config: BatchScoringConfig, store, run_id: str, shards: list[str],
                    training_frame: pd.DataFrame) -> dict:
     """Score the customers of `shards` with the gated run and commit each shard whole into the
-    run's own scores (the asset's body, and each step of `score_fanout_job`); its metadata."""
+    run's own scores (the asset's body); its metadata."""
     try:
         offline.require_gate(store, run_id)
     except offline.GateError as error:

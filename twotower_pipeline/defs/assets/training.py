@@ -12,7 +12,7 @@ from typing import Optional
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets import OWNERS
@@ -35,73 +35,23 @@ def _model_code_version() -> str:
     return digest.hexdigest()[:12]
 
 
-_DEFAULTS = TrainingParams()  # the launchpad shows the model's own defaults, never a copy of them
+class TwoTowerConfig(TrainingParams, dg.Config):
+    """The towers' launchpad: every training parameter, declared once in `model.config.TrainingParams`
+    (names, defaults, ranges, descriptions), and the run id; checked before any work starts."""
 
-
-class TwoTowerConfig(dg.Config):
-    """Training parameters (documented names and defaults); validated before any work starts."""
-
-    embedding_dim: int = Field(default=_DEFAULTS.embedding_dim, description="Output width of both towers (4..256).")
-    epochs: int = Field(default=_DEFAULTS.epochs, description="Most passes over the data (1..500).")
-    stopping_rounds: int = Field(default=_DEFAULTS.stopping_rounds, description="Early-stopping patience (0..50).")
-    batch_size: int = Field(default=_DEFAULTS.batch_size, description="Examples per step (= in-batch candidates).")
-    hidden: int = Field(default=_DEFAULTS.hidden, description="Width of each tower's hidden layer.")
-    learning_rate: float = Field(default=_DEFAULTS.learning_rate, description="Adam learning rate.")
-    user_features: list[str] = Field(default=_DEFAULTS.user_features)
-    item_features: list[str] = Field(default=_DEFAULTS.item_features)
-    categorical_columns: list[str] = Field(default=_DEFAULTS.categorical_columns,
-                                           description="Empty: text columns are categorical.")
-    layers: int = Field(default=_DEFAULTS.layers,
-                        description="Hidden layers of each tower's feature part (ours; 0 = linear).")
-    loss: str = Field(default=_DEFAULTS.loss, description="auto | softmax | mixed | pointwise (ours; auto: pointwise "
-                      "for real declines over a small catalogue, else softmax).")
-    user_history: str = Field(default=_DEFAULTS.user_history,
-                              description="auto | on | off: the customer as the mean of its accepted offers (ours).")
-    history_dropout: float = Field(default=_DEFAULTS.history_dropout,
-                                   description="Share of a history dropped per training row (ours).")
-    feature_dropout: float = Field(default=_DEFAULTS.feature_dropout,
-                                   description="Share of training rows without the customer's features when it "
-                                   "has a history (ours).")
-    request_context: bool = Field(default=_DEFAULTS.request_context,
-                                  description="The customer tower also reads the request's context "
-                                  "(`context_<key>` columns from in_params) (ours).")
-    request_context_dropout: float = Field(default=_DEFAULTS.request_context_dropout,
-                                           description="Share of training rows whose request context is set to "
-                                           "its neutral value, as exported vectors have it (ours).")
-    weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="AdamW weight decay; 0 = Adam (ours).")
-    learning_rate_schedule: str = Field(default=_DEFAULTS.learning_rate_schedule,
-                                        description="auto | cosine | constant: cosine falls to 5% of "
-                                        "learning_rate over the epochs; auto: constant for pointwise (ours).")
-    min_epochs: int = Field(default=_DEFAULTS.min_epochs,
-                            description="Early stopping never stops a run before this many epochs (ours).")
-    pointwise_weight: float = Field(default=_DEFAULTS.pointwise_weight,
-                                    description="Weight of the loss on explicit declines (ours).")
-    temperature: float = Field(default=_DEFAULTS.temperature, description="Softmax temperature on the cosine (ours).")
-    pointwise_temperature: float = Field(default=_DEFAULTS.pointwise_temperature,
-                                         description="Temperature of the pointwise term's logit (ours).")
-    popularity_prior: float = Field(default=_DEFAULTS.popularity_prior,
-                                    description="Share of log(offer popularity) the softmax leaves in the served "
-                                    "cosine (ours; 0 = none).")
-    validation_split: float = Field(default=_DEFAULTS.validation_split,
-                                    description="Share of each customer's exposures held out (holdout customer).")
-    holdout: str = Field(default=_DEFAULTS.holdout, description="customer | time: the held-out split (ours).")
-    holdout_days: int = Field(default=_DEFAULTS.holdout_days, description="Days held out for holdout=time (ours).")
-    decline_sampling: str = Field(default=_DEFAULTS.decline_sampling,
-                                  description="auto | off | always: sampled declines for the pointwise term (ours).")
-    seed: int = Field(default=_DEFAULTS.seed, description="Same seed, same data, same machine: same model.")
     run_id: Optional[str] = Field(default=None, description="Generated when empty (letters, digits, _ - .). A stored "
                                   "run's id is refused, unless asked again with its parameters on its training frame "
                                   "(its towers come back, untouched).")
 
-    @model_validator(mode="after")
-    def _valid_parameters(self):
-        self.params()  # raises ValueError naming the parameter, its value and the allowed range
-        if self.run_id is not None:
-            embeddings.check_run_id(self.run_id)
-        return self
+    @field_validator("run_id")
+    @classmethod
+    def _storable_run_id(cls, run_id: Optional[str]) -> Optional[str]:
+        if run_id is not None:
+            embeddings.check_run_id(run_id)
+        return run_id
 
     def params(self) -> TrainingParams:
-        return TrainingParams.from_dict(self.model_dump(exclude={"run_id"}))
+        return TrainingParams.from_dict(self.model_dump(include=set(TrainingParams.model_fields)))
 
 
 @dg.asset(
@@ -270,7 +220,7 @@ def _embedding_checks(key: dg.AssetKey, embedding_set: publishing.EmbeddingSet, 
     norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else np.array([])
     yield dg.AssetCheckResult(
         asset_key=key, check_name="unit_vectors_of_embedding_dim",
-        passed=not embedding_set.problems(dim),
+        passed=not embeddings.vector_problems(embedding_set.keys, vectors, dim),
         metadata={"vectors": len(vectors), "embedding_dim": dim,
                   "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else 0.0},
     )

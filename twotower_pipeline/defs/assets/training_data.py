@@ -1,11 +1,9 @@
 """The training slice (SPEC §3): one predictor's exposures in a window, with customer and offer features."""
 
 import datetime as dt
-from typing import Optional
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
 
 from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.assets.runtime_logs import FLATTEN_KEY, FLATTEN_SCHEMA, customer_features, offer_matrix
@@ -13,50 +11,15 @@ from twotower_pipeline.defs.checks import accepts_check, no_null_keys_check, sch
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.ingest.training_frame import build_training_frame
 from twotower_pipeline.defs.partitions import daily_partitions
+from twotower_pipeline.parameters import TrainingWindow
 from twotower_pipeline.store import frames, names
 from twotower_pipeline.store.slices import SlicedCollection
 
 TRAINING_FRAME_SCHEMA = {c: FLATTEN_SCHEMA[c] for c in ("customer_id", "offer", "accepted", "price", "rank", "score")}
 
 
-UTC = dt.timezone.utc
-
-
-def _parse_day(value: str, field: str) -> dt.datetime:
-    try:
-        day = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{field} {value!r} is not an ISO date such as 2024-01-31") from None
-    return day.replace(tzinfo=dt.timezone.utc) if day.tzinfo is None else day.astimezone(dt.timezone.utc)
-
-
-class TrainingFrameConfig(dg.Config):
-    predictor: str = Field(description="The runtime predictor (use case) to train on. Required.", min_length=1)
-    from_date: Optional[str] = Field(default=None, description="First day included (UTC, ISO date); default: all.")
-    to_date: Optional[str] = Field(default=None, description="First day excluded (UTC, ISO date); default: all.")
-    min_accepted_rows: int = Field(default=50, ge=1, description="The frame needs at least this many accepted rows.")
-
-    @field_validator("from_date", "to_date")
-    @classmethod
-    def _iso_day(cls, value, info):
-        if value is not None:
-            _parse_day(value, info.field_name)
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if (
-            self.from_date
-            and self.to_date
-            and _parse_day(self.from_date, "from_date") >= _parse_day(self.to_date, "to_date")
-        ):
-            raise ValueError(f"from_date {self.from_date} must be before to_date {self.to_date}")
-        return self
-
-    def window(self) -> tuple[dt.datetime, dt.datetime]:
-        start = _parse_day(self.from_date, "from_date") if self.from_date else dt.datetime.min.replace(tzinfo=UTC)
-        end = _parse_day(self.to_date, "to_date") if self.to_date else dt.datetime.max.replace(tzinfo=UTC)
-        return start, end
+class TrainingFrameConfig(TrainingWindow, dg.Config):
+    """The training slice's launchpad: a predictor and its days (`parameters.TrainingWindow`)."""
 
     def read_exposures(self, store) -> pd.DataFrame:
         """The committed flatten rows of this predictor and window: the days of the window are

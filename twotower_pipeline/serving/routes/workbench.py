@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Callable, Optional
 
-import pydantic
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 
 from twotower_pipeline import offline
+from twotower_pipeline.parameters import RetrainParameters
 from twotower_pipeline.serving import workbench
-from twotower_pipeline.serving.schemas import (DAGSTER_RUN_ID, BatchScoreRequest, ConceptTestRequest, PytorchTrain,
-                                               TrainParameters, validation_text)
+from twotower_pipeline.serving.schemas import (JOB_ID, BatchScoreRequest, ConceptTestRequest, PytorchTrain,
+                                               TrainParameters)
 from twotower_pipeline.serving.state import Runtime, ServedRuntime
 from twotower_pipeline.store import embeddings, names
 
@@ -40,28 +40,21 @@ def _jobs(runtime: Runtime) -> workbench.DagsterJobs:
 
 
 def _training_config(parameters: dict) -> dict:
-    """The retrain's run config without its run id, checked by the job's own launchpad config."""
-    from twotower_pipeline.defs.jobs import RetrainConfig
-
+    """The retrain's run config without its run id, checked against the one declaration of the
+    parameters (the job's launchpad reads the same)."""
     if "run_id" in parameters:
         raise HTTPException(422, "run_id: the service names runs (a new run id for each training, in the answer); "
                                  "leave run_id out")
-    known = set(RetrainConfig.model_fields) - {"run_id"}
-    unknown = sorted(set(parameters) - known)
-    if unknown:
-        raise HTTPException(422, f"unknown training parameters {unknown}: the parameters are {sorted(known)}")
     try:
-        config = RetrainConfig(**parameters)
-    except (pydantic.ValidationError, ValueError) as error:
-        raise HTTPException(422, validation_text(error)) from None
-    return config.model_dump(exclude_none=True)
+        return RetrainParameters(**parameters).model_dump(exclude_none=True)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
 
 
-def _launch(runtime: Runtime, kind: str, job_name: str, run_config: dict, run_id: str, request: dict) -> str:
-    """The job id of a run launched now, or the HTTP error saying why not."""
+def _launch(runtime: Runtime, submit: Callable[[workbench.DagsterJobs, int], str]) -> str:
+    """The job id of a run or backfill launched now, or the HTTP error saying why not."""
     try:
-        return _jobs(runtime).launch(kind, job_name, run_config, run_id=run_id, request=request,
-                                     max_active=runtime.settings.max_concurrent_launches)
+        return submit(_jobs(runtime), runtime.settings.max_concurrent_launches)
     except workbench.TooManyLaunches as error:
         raise HTTPException(429, str(error), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except workbench.LaunchError as error:
@@ -89,7 +82,9 @@ def _train_once(runtime: Runtime, response: Response, key: Optional[str], kind: 
 
     def launch() -> dict:
         config = {**run_config, "run_id": new_run_id()}
-        return answer(_launch(runtime, "train", "retrain_job", config, config["run_id"], config), config["run_id"])
+        job_id = _launch(runtime, lambda jobs, cap: jobs.launch("train", "retrain_job", config, run_id=config["run_id"],
+                                                                request=config, max_active=cap))
+        return answer(job_id, config["run_id"])
 
     return _once(runtime, response, key, kind, body, launch)
 
@@ -154,18 +149,22 @@ def train(parameters: TrainParameters, runtime: ServedRuntime, response: Respons
 @router.post(f"{PREFIX}/batch-score", status_code=202, responses=LAUNCH_ANSWERS)
 def batch_score(request: BatchScoreRequest, runtime: ServedRuntime, response: Response,
                 idempotency_key: IdempotencyKey = None):
-    """Launch the batch scoring of a gated run (`score_fanout_job`, published when every shard is in)."""
+    """Launch the batch scoring of a gated run: an asset backfill of `batch_recommendations` (a run
+    per customer shard) and `published_recommendations` (once every shard is in, through its check)."""
     try:
         embeddings.check_run_id(request.run_id)
         offline.require_gate(runtime.store, request.run_id)
     except (ValueError, offline.GateError) as error:
         raise HTTPException(409 if isinstance(error, offline.GateError) else 422, str(error)) from None
     shard_config = {"run_id": request.run_id, "top_k": request.top_k, "max_users": request.max_users}
-    run_config = {"ops": {"score_shard": {"config": shard_config}, "scored": {"config": {"publish": True}}}}
+    run_config = {"ops": {"batch_recommendations": {"config": shard_config},
+                          "published_recommendations": {"config": {"run_id": request.run_id}}}}
     body = request.model_dump()
 
     def launch() -> dict:
-        job_id = _launch(runtime, "batch_score", "score_fanout_job", run_config, request.run_id, body)
+        job_id = _launch(runtime, lambda jobs, cap: jobs.launch_backfill(
+            "batch_score", ["batch_recommendations", "published_recommendations"], run_config,
+            run_id=request.run_id, request=body, max_active=cap))
         return {"job_id": job_id, "run_id": request.run_id}
 
     return _once(runtime, response, idempotency_key, "batch_score", body, launch)
@@ -177,7 +176,7 @@ def concept_test(request: ConceptTestRequest, runtime: ServedRuntime):
 
 
 @router.get("/api/v1/jobs/{job_id}", responses={404: {"description": "unknown job"}})
-def job_status(job_id: Annotated[str, Path(pattern=DAGSTER_RUN_ID.pattern)], runtime: ServedRuntime):
+def job_status(job_id: Annotated[str, Path(pattern=JOB_ID.pattern)], runtime: ServedRuntime):
     try:
         answer = _jobs(runtime).status(job_id)
     except workbench.LaunchError as error:
