@@ -37,7 +37,6 @@ run beside another benchmark):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
             continue
         params = TrainingParams(**{"metric_k": metric_k, **overrides})
         if args.epochs or args.quick:
-            params = dataclasses.replace(params, epochs=args.epochs or min(8, params.epochs))
+            params = params.replace(epochs=args.epochs or min(8, params.epochs))
         started = time.perf_counter()
         result = train_two_tower(frame, params)
         m = result.metrics

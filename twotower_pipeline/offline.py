@@ -195,7 +195,7 @@ def write_scores(store: MongoStore, run_id: str, documents: list[dict], shard_ke
     """Keep the documents as the run's own scores, each shard a slice committed whole."""
     location = scores_publisher(store, all_shard_keys).run_location("scores", run_id)
     # read only whole, by the publish (one scan): no write-id index to pay for on every insert
-    return SlicedCollection(store, location, indexed=False).write(documents, shard_keys, row_slices, owner=owner)
+    return SlicedCollection(store, location).write(documents, shard_keys, row_slices, owner=owner)
 
 
 def publish_scores(store: MongoStore, run_id: str, shard_keys, owner: dict | None = None) -> dict:

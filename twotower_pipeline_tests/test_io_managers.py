@@ -7,9 +7,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from pymongo import monitoring
 
 from twotower_pipeline.defs.io_managers import GridFSArtefactIOManager, MongoFrameIOManager
 from twotower_pipeline.store import artefacts, slices
+from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.slices import SlicedCollection
 
 DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-10")
@@ -69,7 +71,8 @@ def test_rewriting_a_partition_replaces_only_that_slice(mongo, store):
     assert len(stored) == 6
     by_day = stored.groupby(stored["day"].dt.strftime("%Y-%m-%d"))["version"].agg(set).to_dict()
     assert by_day == {"2024-01-02": {"v1"}, "2024-01-03": {"v2"}}
-    assert "_write_id_1" in store.collection("testdb.events").index_information()  # slices are found by it
+    # no index entry per row: a read of any number of slices is one pass with their write ids
+    assert list(store.collection("testdb.events").index_information()) == ["_id_"]
 
 
 def test_a_range_is_written_in_one_run_and_loaded_whole_downstream(mongo, store):
@@ -257,7 +260,7 @@ def test_unregistered_objects_are_not_stored(mongo):
         dg.materialize([not_an_artefact], resources={"artefacts": GridFSArtefactIOManager(mongo=mongo)})
 
 
-def test_a_day_is_read_by_its_write_id_and_rewrites_leave_no_old_rows(mongo, store):
+def test_a_day_is_read_through_its_committed_write_id_and_rewrites_leave_no_old_rows(mongo, store):
     @dg.asset(key=["testdb", "timed"], partitions_def=DAYS, io_manager_key="frames",
               metadata={"partition_expr": "when"})
     def timed(context: dg.AssetExecutionContext) -> pd.DataFrame:
@@ -275,6 +278,44 @@ def test_a_day_is_read_by_its_write_id_and_rewrites_leave_no_old_rows(mongo, sto
         assert _materialize(mongo, [timed], partition_key=day).success
     collection = store.collection("testdb.timed")
     assert sorted(d["day"] for d in collection.find()) == ["2024-01-02", "2024-01-02", "2024-01-03", "2024-01-03"]
-    assert "_write_id_1" in collection.index_information()
+    assert list(collection.index_information()) == ["_id_"]
     assert _materialize(mongo, [timed, timed_copy], partition_key="2024-01-03", selection=["testdb/timed_copy"]).success
     assert set(SlicedCollection(store, "testdb.timed_copy").read()["day"]) == {"2024-01-03"}
+
+
+def test_reading_counting_and_cleaning_any_number_of_slices_is_one_command_each(mongo_uri, store):
+    """Slices are not indexed by write id: each read, count or cleanup names all its write ids at
+    once, so the collection is passed over once, however many days it covers."""
+    days = [f"2024-01-{d:02d}" for d in range(1, 11)]
+    frame = pd.DataFrame({"day": np.repeat(days, 3), "n": np.tile([0, 1, 2], len(days))})
+    sliced = SlicedCollection(store, "testdb.passes")
+    sliced.write(frame, days, np.repeat(np.arange(len(days)), 3))
+    sent = _Commands(store.database_prefix + "testdb")
+    monitoring.register(sent)
+    counted = MongoStore(f"{mongo_uri}{'&' if '?' in mongo_uri else '?'}appname=one-pass-test", store.database_prefix)
+    watched = SlicedCollection(counted, "testdb.passes")
+    assert len(watched.read(days[2:9])) == 21 and watched.count(days[:5]) == 15
+    # count_documents is an aggregate on the wire
+    assert [name for name, collection in sent.seen if collection == "passes"] == ["find", "aggregate"]
+    sent.seen.clear()
+    watched.write(frame.iloc[:6], days[:2], np.repeat([0, 1], 3))  # replaces two days: one cleanup
+    assert [name for name, collection in sent.seen if collection == "passes"] == ["insert", "delete"]
+    assert sorted(sliced.read()["n"].tolist()) == sorted(frame["n"].tolist())
+    assert store.collection("testdb.passes").count_documents({}) == 30
+
+
+class _Commands(monitoring.CommandListener):
+    """The commands a client sends to one database, with the collection each names."""
+
+    def __init__(self, database: str):
+        self.database, self.seen = database, []
+
+    def started(self, event):
+        if event.database_name == self.database:
+            self.seen.append((event.command_name, event.command.get(event.command_name)))
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass

@@ -14,7 +14,7 @@ from twotower_pipeline.store import artefacts, slices
 #: Definition metadata read by the DataFrame IO manager.
 COLLECTION_KEY = "mongo_collection"  # "database.collection"; default: the asset key's two parts
 PARTITION_KEY = "partition_expr"  # the field that holds the partition (required when partitioned)
-INDEXES_KEY = "mongo_indexes"  # list of field lists to index (the write id always is)
+INDEXES_KEY = "mongo_indexes"  # list of field lists to index (the write id is not: store/slices.py)
 
 
 def _meta(context, key: str, default=None):
@@ -76,7 +76,7 @@ class MongoFrameIOManager(dg.ConfigurableIOManager):
 
     Partitioned: a partition is a slice; writing a partition (or a range) replaces exactly those
     slices, committed at once. Unpartitioned: the collection is one slice. Readers see committed
-    rows only, looked up by write id (so a day is an indexed lookup, not a scan). Two writers of one
+    rows only, every slice of a read found by its write id in one pass. Two writers of one
     slice take turns (the second waits up to `wait_seconds`). Reading a partitioned asset from an
     unpartitioned one loads every partition."""
 

@@ -31,7 +31,7 @@ from pymongo.errors import DuplicateKeyError
 from twotower_pipeline import offline
 from twotower_pipeline.store import names
 from twotower_pipeline.store.client import MongoStore
-from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection
+from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection, of_writes
 
 #: Dagster run statuses that are final.
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -83,40 +83,30 @@ def fingerprint(kind: str, body) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _committed(store: MongoStore) -> list[tuple[str, dict]]:
-    """(slice key, filter) of each committed flatten slice (a day), in key order; one filter of
-    the whole collection when no commit ever wrote it (another tool's)."""
+def _committed(store: MongoStore) -> dict:
+    """The filter of the flatten collection's committed rows (one pass; every row when no commit
+    ever wrote it: another tool's)."""
     write_ids = SlicedCollection(store, names.FLATTEN).committed_write_ids()
     if write_ids is None:
-        return [("", {})]
-    return [(key, {WRITE_ID_FIELD: write_ids[key]}) for key in sorted(write_ids)]
+        return {}
+    return of_writes(write_ids.values()) if write_ids else {WRITE_ID_FIELD: {"$in": []}}
 
 
 def predictors(store: MongoStore) -> list[str]:
     """Distinct predictors of the flatten collection's committed rows, sorted."""
-    collection = store.collection(names.FLATTEN)
-    found = set()
-    for _, selection in _committed(store):
-        found |= {str(p) for p in collection.distinct("predictor", selection) if p}
-    return sorted(found)
+    return sorted({str(p) for p in store.collection(names.FLATTEN).distinct("predictor", _committed(store)) if p})
 
 
 def predictor_date_bounds(store: MongoStore, predictor: str) -> dict:
-    """{predictor, min_date, max_date, rows} of one predictor's committed flatten rows: each day's
-    slice is read on the write-id index (the query every read of a day makes), the first and the
-    last day holding the predictor give the dates."""
+    """{predictor, min_date, max_date, rows} of one predictor's committed flatten rows, counted and
+    sorted on the server."""
     collection = store.collection(names.FLATTEN)
-    rows, first, last = 0, None, None
-    for _, selection in _committed(store):
-        query = {**selection, "predictor": predictor}
-        count = collection.count_documents(query)
-        if not count:
-            continue
-        rows += count
-        earliest = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", 1)])["datetime"]
-        latest = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", -1)])["datetime"]
-        first = earliest if first is None else min(first, earliest)
-        last = latest if last is None else max(last, latest)
+    query = {**_committed(store), "predictor": predictor}
+    rows = collection.count_documents(query)
+    if not rows:
+        return {"predictor": predictor, "min_date": None, "max_date": None, "rows": 0}
+    first = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", 1)])["datetime"]
+    last = collection.find_one(query, {"datetime": 1, "_id": 0}, sort=[("datetime", -1)])["datetime"]
     return {"predictor": predictor, "min_date": first, "max_date": last, "rows": rows}
 
 
