@@ -210,3 +210,21 @@ def test_none_and_nan_context_values_are_absent_keys_not_dropped_ones():
     result = flat([presented("r1", in_params={"weather": None, "temperature": float("nan"), "hour": 7})])
     assert [c for c in result.exposures.columns if c.startswith("context_")] == ["context_hour"]
     assert sum(result.counts[f"dropped_context_{r}"] for r in DROP_REASONS) == 0
+
+
+def test_what_served_a_request_is_kept_on_its_exposures_and_never_guessed():
+    served = presented("r1", run_id="run_7", experiment="exp_1", arm="challenger", explore=1)
+    for entry, propensity in zip(served["final_result"], (0.5, "0.25", "x")):
+        entry["result"]["propensity"] = propensity
+    old = presented("r2", customer="c2")  # logged before the runtime wrote any of it
+    bad = presented("r3", customer="c3", explore="yes")
+    for entry, propensity in zip(bad["final_result"], (0, 1.5, None)):
+        entry["result"]["propensity"] = propensity
+    frame = flat([served, old, bad]).exposures.set_index("uuid")
+    assert frame.loc["r1", "run_id"].tolist() == ["run_7"] * 3
+    assert frame.loc["r1", ["experiment", "arm"]].drop_duplicates().values.tolist() == [["exp_1", "challenger"]]
+    assert frame.loc["r1", "explore"].tolist() == [1.0] * 3
+    assert frame.loc["r1", "propensity"].tolist()[:2] == [0.5, 0.25] and pd.isna(frame.loc["r1", "propensity"].iloc[2])
+    for request in ("r2", "r3"):  # absent or not a probability: missing, and the exposures kept
+        assert frame.loc[request, ["run_id", "experiment", "arm"]].isna().all().all()
+        assert frame.loc[request, ["explore", "propensity"]].isna().all().all() and len(frame.loc[request]) == 3

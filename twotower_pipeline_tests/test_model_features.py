@@ -74,6 +74,11 @@ def test_side_features_follow_the_key_that_determines_them():
                                       target_column="accepted")
     assert user == ["gender", "age"]   # constant per customer; 'uuid' is bookkeeping, 'constant' carries nothing
     assert item == ["genres", "title"]
+    # what served an exposure is never a feature, even where a key determines it (one run per customer)
+    served = f.assign(run_id=f["customer_id"].map(lambda c: f"run_{c}"), arm=f["offer"],
+                      propensity=f["customer_id"].map(lambda c: 0.5 if c == f["customer_id"].iloc[0] else 1.0))
+    assert side_feature_columns(served, user_id_column="customer_id", item_id_column="offer",
+                                target_column="accepted") == (user, item)
 
 
 def test_numeric_ids_are_matched_as_strings():

@@ -148,6 +148,12 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
             dg.AssetKey(["logging", "ecosystemruntime_flatten_quarantine"])]).success
         assert dg.materialize(list(defs.assets), resources=resources, selection=["training_frame"], run_config={
             "ops": {"training_frame": {"config": {"predictor": predictor, "from_date": yesterday}}}}).success
+        # what served each exposure is kept on it (the service explores with epsilon 0 here: every
+        # offer shown at its greedy rank, propensity 1)
+        served_rows = SlicedCollection(store, names.FLATTEN).read(
+            query={"run_id": "run_a"}, columns=["uuid", "run_id", "explore", "propensity"])
+        assert len(served_rows) == REQUESTS * SHOWN and served_rows["uuid"].nunique() == REQUESTS
+        assert set(served_rows["explore"]) == {0.0} and set(served_rows["propensity"]) == {1.0}
         frame = SlicedCollection(store, names.TRAINING_FRAME).read(columns=["customer_id", "offer", "accepted"])
         assert len(frame) == REQUESTS * SHOWN
         assert sorted(zip(frame["customer_id"], frame["offer"])) == sorted(shown)

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from twotower_pipeline.ingest.context import DROP_REASONS, context_values
+from twotower_pipeline.ingest.training_frame import SERVING_COLUMNS
 from twotower_pipeline.store import names
 from twotower_pipeline.store.frames import chunked
 
@@ -38,6 +39,7 @@ EXPOSURE_COLUMNS = (
     "rank",
     "score",
     "datetime",
+    *SERVING_COLUMNS,
 )
 #: One quarantine row per bad document and reason; `items` counts the offers or responses set
 #: aside for it, and the raw document is stored once, on the document's first row.
@@ -105,6 +107,17 @@ def _naive_as_utc(value) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(value).strip()).replace(tzinfo=dt.timezone.utc)
     except ValueError:
         return None
+
+
+def _text(value) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _propensity(value) -> float:
+    """A logged propensity in (0, 1], or NaN: absent, or not a probability (an estimate refuses a
+    round without one rather than guess it)."""
+    number = _number(value, math.nan)
+    return number if number is not None and 0 < number <= 1 else math.nan
 
 
 def _number(value, default: float) -> float | None:
@@ -268,6 +281,8 @@ def flatten_runtime_logs(
             continue
         api_params = doc.get("api_params") if isinstance(doc.get("api_params"), dict) else {}
         channel = api_params.get("channel")
+        served = {name: _text(doc.get(name)) for name in ("run_id", "experiment", "arm")}
+        explore = _number(doc.get("explore"), math.nan)
         context, dropped = context_values(_in_params(doc))
         for why, n in dropped.items():
             counts[f"dropped_context_{why}"] += n
@@ -313,6 +328,10 @@ def flatten_runtime_logs(
             rows["rank"].append(rank)
             rows["score"].append(score)
             rows["datetime"].append(when)
+            for name, value in served.items():
+                rows[name].append(value)
+            rows["explore"].append(math.nan if explore is None else explore)
+            rows["propensity"].append(_propensity(result.get("propensity")))
             contexts.append(context)
         shown_by_uuid[request_id] = (shown, when)
 
@@ -370,7 +389,8 @@ def flatten_runtime_logs(
         if row["items"] > MAX_DETAILS:
             row["detail"] += f"; and {row['items'] - MAX_DETAILS} more"
     exposures = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
-    exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64"})
+    exposures = exposures.astype({"accepted": "int64", "price": "float64", "rank": "float64", "score": "float64",
+                                  "explore": "float64", "propensity": "float64"})
     exposures["datetime"] = pd.to_datetime(exposures["datetime"], utc=True)
     exposures = _with_context(exposures, contexts)
     quarantined = pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS))

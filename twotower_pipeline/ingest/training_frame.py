@@ -19,7 +19,12 @@ CONTEXT_DEFAULTS = {"price": 0.0, "rank": 1.0, "score": 0.0}
 KEY_COLUMNS = ("customer_id", "offer")
 TARGET_COLUMN = "accepted"
 #: Columns of the flatten collection that describe the exposure, not a feature to fill.
-BOOKKEEPING_COLUMNS = ("uuid", "predictor", "channel", "offer_name", "datetime")
+#: What served an exposure (the flatten keeps them from the presented document; absent in documents
+#: logged before the runtime wrote them): the run, the experiment and arm, whether the order was
+#: explored, and the offer's propensity (the probability the serving policy showed it at that rank).
+#: For online evaluation only: a run id or a propensity as a feature would learn the serving policy.
+SERVING_COLUMNS = ("run_id", "experiment", "arm", "explore", "propensity")
+BOOKKEEPING_COLUMNS = ("uuid", "predictor", "channel", "offer_name", "datetime", *SERVING_COLUMNS)
 #: When a customer's or an offer's document last changed (set by whoever writes them; the runtime
 #: refresh finds changes by it): bookkeeping of the feature tables, never a feature.
 CHANGED_AT = "updated_at"
