@@ -14,7 +14,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.model import scoring
+from twotower_pipeline.model import offpolicy, scoring
 from twotower_pipeline.store import embeddings, leases, names
 from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.slices import SlicedCollection
@@ -203,3 +203,37 @@ def publish_scores(store: MongoStore, run_id: str, shard_keys, owner: dict | Non
     passed; `embeddings.PublishError` when a shard is missing)."""
     require_gate(store, run_id)
     return scores_publisher(store, shard_keys).publish(run_id, owner=owner)
+
+
+# --- replay: the candidate's accept rate estimated from logged exposures with propensities -------
+def replay(store: MongoStore, run_id: str, exposures: pd.DataFrame, seed: int = 0) -> dict:
+    """`model.offpolicy.replay` of a stored run over `exposures` (customer_id, offer, rank,
+    accepted, propensity): IPS, SNIPS and DR with their intervals, or why there is no estimate
+    (the run's vectors are read only where some exposure carries a propensity)."""
+    propensity = exposures["propensity"] if "propensity" in exposures else pd.Series(np.nan, index=exposures.index)
+    rounds = offpolicy.LoggedRounds(
+        exposures["customer_id"].astype(str).to_numpy(), exposures["offer"].astype(str).to_numpy(),
+        pd.to_numeric(exposures["rank"], errors="coerce").fillna(1).astype(int).to_numpy(),
+        exposures["accepted"].astype(int).to_numpy(), pd.to_numeric(propensity, errors="coerce").to_numpy())
+    logged = np.isfinite(rounds.propensity)
+    if not logged.any():  # says why, before anything is read
+        return offpolicy.replay(rounds, [], np.zeros((0, 1)), [], np.zeros((0, 1)), seed=seed)
+    item_keys, item_vectors = run_vectors(store, run_id, "item")
+    user_keys, user_vectors = run_vectors(store, run_id, "user", set(rounds.customers[logged]))
+    return offpolicy.replay(rounds, user_keys, user_vectors, item_keys, item_vectors, seed=seed)
+
+
+def replay_gate(candidate: dict, live: dict | None, max_drop: float | None) -> tuple[bool, str | None]:
+    """(passes, why): the candidate's SNIPS estimate may not fall below the live run's on the same
+    rounds by more than `max_drop`; without that setting, or without estimates for both, it passes
+    (saying why where it could not compare)."""
+    if max_drop is None:
+        return True, None
+    if not candidate.get("available") or not (live or {}).get("available"):
+        why = (candidate if not candidate.get("available") else live or {}).get("reason") or "no live run"
+        return True, f"replay not compared: {why}"
+    ours, theirs = candidate["estimates"]["snips"]["value"], live["estimates"]["snips"]["value"]
+    if ours < theirs - max_drop:
+        return False, (f"replay: SNIPS accept rate {ours:.4f} is below the live run's {theirs:.4f} by more than "
+                       f"{max_drop}")
+    return True, None

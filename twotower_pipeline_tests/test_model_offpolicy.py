@@ -52,3 +52,37 @@ def test_ips_and_snips_recover_a_known_value_from_epsilon_greedy_logs():
     assert abs(found["ips"].value - accept[3]) < 0.02
     # the logged rate (what the logging policy earned) is far from the candidate's
     assert reward.mean() > 0.2
+
+
+def _candidate():
+    """Customers u0 (likes o0 then o1) and u1 (likes o3 then o2) in a 2-d space."""
+    users = np.array([[1.0, 0.0], [0.0, 1.0]])
+    items = np.array([[1.0, 0.05], [0.9, 0.3], [0.3, 0.9], [0.05, 1.0]])
+    return ["u0", "u1"], users, ["o0", "o1", "o2", "o3"], items
+
+
+def test_the_replay_matches_the_candidates_offer_at_each_logged_rank():
+    user_keys, users, item_keys, items = _candidate()
+    rounds = offpolicy.LoggedRounds(
+        customers=np.array(["u0", "u0", "u1", "u1", "u9", "u0"]),
+        offers=np.array(["o0", "o2", "o3", "o2", "o0", "o1"]),
+        ranks=np.array([1, 2, 1, 2, 1, 2]),
+        accepted=np.array([1, 0, 1, 0, 1, 1]),
+        propensity=np.array([0.8, 0.1, 0.8, 0.5, 0.9, np.nan]))
+    shown = offpolicy.candidate_offers_at(rounds, user_keys, users, item_keys, items)
+    assert shown.tolist() == ["o0", "o1", "o3", "o2", "", "o1"]
+    found = offpolicy.replay(rounds, user_keys, users, item_keys, items, n_bootstrap=200)
+    assert found["available"] and found["rounds"] == 4
+    assert (found["without_propensity"], found["without_vector"]) == (1, 1)
+    # matches: rounds 0, 2, 3 -> w = 1/0.8, 1/0.8, 1/0.5; rewards 1, 1, 0
+    assert found["estimates"]["ips"]["value"] == pytest.approx((1.25 + 1.25 + 0) / 4)
+    assert found["estimates"]["snips"]["value"] == pytest.approx((1.25 + 1.25) / (1.25 + 0 + 1.25 + 2))
+    assert found["estimates"]["dr"]["matching"] == 3 and found["logged_accept_rate"] == 0.5
+
+
+def test_logs_without_propensities_get_no_estimate_and_say_why():
+    user_keys, users, item_keys, items = _candidate()
+    rounds = offpolicy.LoggedRounds(np.array(["u0"]), np.array(["o0"]), np.array([1]), np.array([1]),
+                                    np.array([np.nan]))
+    found = offpolicy.replay(rounds, user_keys, users, item_keys, items)
+    assert not found["available"] and "no logged propensities" in found["reason"] and "estimates" not in found

@@ -58,6 +58,24 @@ def test_the_metrics_show_the_run_against_baselines_and_the_probe_customers(trai
         figures = record["metrics"][model]
         assert all(np.isfinite(figures[n]) for n in [*names_, "mrr", "auc", "user_auc", "item_auc"]), model
     assert record["metrics"]["random"]["ndcg@10"] < record["metrics"]["popularity"]["ndcg@10"]
+    # the simulated logs carry no propensities: the replay says so and estimates nothing
+    assert metadata["replay"].value.startswith("No estimate: no logged propensities")
+    assert record["replay"]["available"] is False and record["replay"]["without_propensity"] > 0
+    # with propensities logged, the run's own vectors replay the held-out exposures
+    frame = SlicedCollection(store, names.TRAINING_FRAME).read(columns=["customer_id", "offer", "accepted", "rank"])
+    frame["propensity"] = np.where(np.arange(len(frame)) % 2 == 0, 0.5, np.nan)
+    replayed = offline.replay(store, "run_a", frame, seed=1)
+    assert replayed["available"] and replayed["without_propensity"] == len(frame) // 2
+    assert replayed["rounds"] + replayed["without_vector"] == len(frame) - len(frame) // 2
+    ips = replayed["estimates"]["ips"]
+    assert ips["matching"] > 0 and ips["low"] <= ips["value"] <= ips["high"]
+    assert offline.replay_gate(replayed, replayed, 0.0) == (True, None)
+    worse = {**replayed, "estimates": {**replayed["estimates"], "snips": {
+        **replayed["estimates"]["snips"], "value": replayed["estimates"]["snips"]["value"] - 0.2}}}
+    passes, why = offline.replay_gate(worse, replayed, 0.1)
+    assert not passes and "below the live run's" in why
+    not_compared = "replay not compared: " + record["replay"]["reason"]
+    assert offline.replay_gate(record["replay"], replayed, 0.1) == (True, not_compared)
     assert record["gate"]["passed"] and record["split"]["holdout"] == "customer"
     frame = SlicedCollection(store, names.TRAINING_FRAME).read()
     per_customer = frame.groupby("customer_id").size()

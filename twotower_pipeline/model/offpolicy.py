@@ -108,3 +108,90 @@ def estimate(reward: np.ndarray, propensity: np.ndarray, matches: np.ndarray, *,
         low, high = bootstrap_interval(rewards, alpha, n_bootstrap, seed)
         found[name] = Estimate(name, value, low, high, len(weight), int(np.count_nonzero(weight)))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedRounds:
+    """Logged exposures: the customer, the offer shown, its rank (1-based), accepted or not, and
+    the logging policy's propensity of that offer at that rank."""
+
+    customers: np.ndarray
+    offers: np.ndarray
+    ranks: np.ndarray
+    accepted: np.ndarray
+    propensity: np.ndarray
+
+
+def candidate_offers_at(rounds: LoggedRounds, user_keys, user_vectors, item_keys, item_vectors) -> np.ndarray:
+    """The offer the candidate (its vectors' top-K by cosine, the project's top-K kernel) shows
+    each round's customer at the round's rank; "" for a customer it has no vector for."""
+    from twotower_pipeline.model.scoring import top_k
+
+    position = {str(k): i for i, k in enumerate(user_keys)}
+    rows = np.array([position.get(str(c), -1) for c in rounds.customers], dtype=np.int64)
+    known = np.unique(rows[rows >= 0])
+    shown = np.full(len(rows), "", dtype=object)
+    if not len(known):
+        return shown
+    depth = int(np.max(rounds.ranks))
+    _, top = top_k(np.asarray(user_vectors)[known], np.asarray(item_vectors), depth)
+    at_row = np.full(len(user_keys), -1, dtype=np.int64)
+    at_row[known] = np.arange(len(known))
+    items = np.asarray([str(k) for k in item_keys], dtype=object)
+    for i in np.flatnonzero(rows >= 0):
+        rank = int(rounds.ranks[i]) - 1
+        if 0 <= rank < top.shape[1]:
+            shown[i] = items[top[at_row[rows[i]], rank]]
+    return shown
+
+
+def offer_rank_model(rounds: LoggedRounds, prior: float = 10.0):
+    """DR's reward model: the accept rate of an offer at a rank, its logged accepts smoothed toward
+    the rank's accept rate by `prior` pseudo-exposures. Returns q(offers, ranks) -> rates."""
+    ranks = rounds.ranks.astype(np.int64)
+    accepted = rounds.accepted.astype(np.float64)
+    by_rank = {int(r): accepted[ranks == r].mean() for r in np.unique(ranks)}
+    overall = accepted.mean() if len(accepted) else 0.0
+    shows: dict[str, int] = {}
+    accepts: dict[str, float] = {}
+    for offer, hit in zip(rounds.offers, accepted):
+        shows[str(offer)] = shows.get(str(offer), 0) + 1
+        accepts[str(offer)] = accepts.get(str(offer), 0.0) + hit
+
+    def q(offers, at_ranks) -> np.ndarray:
+        out = np.empty(len(offers))
+        for i, (offer, rank) in enumerate(zip(offers, at_ranks)):
+            base = by_rank.get(int(rank), overall)
+            out[i] = (accepts.get(str(offer), 0.0) + prior * base) / (shows.get(str(offer), 0) + prior)
+        return out
+
+    return q
+
+
+def replay(rounds: LoggedRounds, user_keys, user_vectors, item_keys, item_vectors, *,
+           n_bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """The candidate's accept rate per presented slot estimated from the logged rounds that carry a
+    propensity, or why there is no estimate. {available, reason?, rounds, without_propensity,
+    without_vector, logged_accept_rate, estimates: {ips, snips, dr}}."""
+    has = np.isfinite(np.asarray(rounds.propensity, dtype=np.float64))
+    summary = {"without_propensity": int((~has).sum())}
+    if not has.any():
+        return {**summary, "available": False, "rounds": 0, "reason": (
+            "no logged propensities: these exposures were logged before exploration or not by this runtime, "
+            "so no off-policy estimate is made")}
+    logged = LoggedRounds(*(np.asarray(a)[has] for a in dataclasses.astuple(rounds)))
+    shown = candidate_offers_at(logged, user_keys, user_vectors, item_keys, item_vectors)
+    with_vector = shown != ""
+    summary["without_vector"] = int((~with_vector).sum())
+    logged = LoggedRounds(*(np.asarray(a)[with_vector] for a in dataclasses.astuple(logged)))
+    shown = shown[with_vector]
+    if not len(shown):
+        return {**summary, "available": False, "rounds": 0,
+                "reason": "the candidate has no vector for any customer of the logged rounds"}
+    q = offer_rank_model(logged)
+    found = estimate(logged.accepted, logged.propensity, shown.astype(str) == logged.offers.astype(str),
+                     q_logged=q(logged.offers, logged.ranks), q_candidate=q(shown, logged.ranks),
+                     n_bootstrap=n_bootstrap, seed=seed)
+    return {**summary, "available": True, "rounds": len(shown),
+            "logged_accept_rate": float(np.mean(logged.accepted)),
+            "estimates": {name: e.to_dict() for name, e in found.items()}}

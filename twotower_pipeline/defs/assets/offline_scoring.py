@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from twotower_pipeline import offline
+from twotower_pipeline import offline, publishing
 from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.assets.runtime_logs import offer_matrix
 from twotower_pipeline.defs.assets.training import item_embeddings, user_embeddings
@@ -42,6 +42,10 @@ class ConceptTestConfig(dg.Config):
     probe_customers: list[str] = Field(
         default=[], description="Customers concept-tested on every run (empty: the 5 with most held-out accepts).")
     probe_top: int = Field(default=10, ge=1, le=100, description="Offers shown per probe customer.")
+    max_replay_drop: Optional[float] = Field(
+        default=None, ge=0.0, le=1.0, description="The gate, optionally: the run's replayed accept rate (SNIPS over "
+        "the held-out exposures logged with propensities) may not fall below the live run's by more than this. "
+        "Empty: reported, not gated; ignored where no propensities were logged.")
 
     @field_validator("baselines")
     @classmethod
@@ -56,7 +60,7 @@ class ConceptTestConfig(dg.Config):
     key="concept_test_metrics",
     ins={"two_tower_model": dg.AssetIn("two_tower_model"),
          "training_frame": dg.AssetIn("training_frame", metadata={
-             "columns": ["uuid", "customer_id", "offer", "accepted", "datetime"]})},
+             "columns": ["uuid", "customer_id", "offer", "accepted", "datetime", "rank", "propensity"]})},
     deps=[user_embeddings, item_embeddings],
     group_name=SCORING_GROUP,
     owners=OWNERS,
@@ -87,12 +91,21 @@ def concept_test_metrics(context: dg.AssetExecutionContext, config: ConceptTestC
     gate = evaluation.publish_gate(results, min_ndcg_gain=config.min_ndcg_gain_over_popularity,
                                    min_auc=config.min_auc)
     probes = _probe_table(store, run_id, config, held_out, user_keys, item_keys)
+    held_rows = training_frame.loc[held]
+    replay = offline.replay(store, run_id, held_rows, seed=params.seed)
+    live = publishing.live_run_id(store)
+    live_replay = offline.replay(store, live, held_rows, seed=params.seed) \
+        if config.max_replay_drop is not None and live not in (None, run_id) and replay.get("available") else None
+    passes, why = offline.replay_gate(replay, live_replay, config.max_replay_drop)
+    if why:
+        gate["reasons" if not passes else "notes"].append(why)
+    gate["passed"] = gate["passed"] and passes
     offline.save_offline_metrics(store, run_id, {
         "metrics": json.loads(json.dumps(results, default=float)), "gate": gate,
         "split": {"holdout": params.holdout, "share": params.validation_split, "days": params.holdout_days,
                   "seed": params.seed, "held_out_exposures": int(held.sum()),
                   "evaluated_customers": int(len(held_out.evaluated_users))},
-        "probes": probes, "dagster_run_id": context.run_id})
+        "probes": probes, "replay": replay, "live_replay": live_replay, "dagster_run_id": context.run_id})
     verdict = "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
     context.log.info(f"run {run_id}: publish gate {verdict}" + "".join(f"; {n}" for n in gate["notes"]))
     plot = metrics_bar_png(results, title=f"run {run_id} against baselines (held-out exposures)")
@@ -102,6 +115,7 @@ def concept_test_metrics(context: dg.AssetExecutionContext, config: ConceptTestC
         "model_vs_baselines": dg.MetadataValue.md(_comparison_markdown(results, gate)),
         "metrics_plot": dg.MetadataValue.md(f"![metrics](data:image/png;base64,{base64.b64encode(plot).decode()})"),
         "probe_customers": dg.MetadataValue.md(_probes_markdown(probes)),
+        "replay": dg.MetadataValue.md(_replay_markdown(replay)),
         "held_out_exposures": int(held.sum()),
         "evaluated_customers": int(len(held_out.evaluated_users)),
         **{f"two_tower_{k}": float(v) for k, v in results["two_tower"].items() if k in TABLE_METRICS},
@@ -143,6 +157,20 @@ def _comparison_markdown(results: dict, gate: dict) -> str:
     for name, why in (results.get("skipped") or {}).items():
         lines.append(f"\n{name} not computed: {why}")
     lines.append(f"\nK in {list(KS)} are in `ecosystem_meta.two_tower_offline_metrics`.")
+    return "\n".join(lines)
+
+
+def _replay_markdown(replay: dict) -> str:
+    """The off-policy estimates of the run's accept rate per presented slot, or why there are none."""
+    if not replay.get("available"):
+        return f"No estimate: {replay.get('reason')}"
+    lines = ["| estimator | accept rate | 95% interval |", "|---|---|---|"]
+    for name, found in replay["estimates"].items():
+        lines.append(f"| {name} | {found['value']:.4f} | {found['low']:.4f} .. {found['high']:.4f} |")
+    lines.append(f"\n{replay['rounds']} held-out exposures with propensities ({replay['estimates']['ips']['matching']} "
+                 f"where the run shows the logged offer at its rank); the logged policy's accept rate "
+                 f"{replay['logged_accept_rate']:.4f}; without a propensity {replay['without_propensity']}, "
+                 f"without a vector of the run {replay['without_vector']}.")
     return "\n".join(lines)
 
 
