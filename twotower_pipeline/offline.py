@@ -206,21 +206,24 @@ def publish_scores(store: MongoStore, run_id: str, shard_keys, owner: dict | Non
 
 
 # --- replay: the candidate's accept rate estimated from logged exposures with propensities -------
-def replay(store: MongoStore, run_id: str, exposures: pd.DataFrame, seed: int = 0) -> dict:
+def replay(store: MongoStore, run_id: str, exposures: pd.DataFrame, seed: int = 0,
+           vectors: tuple | None = None) -> dict:
     """`model.offpolicy.replay` of a stored run over `exposures` (customer_id, offer, rank,
-    accepted, propensity): IPS, SNIPS and DR with their intervals, or why there is no estimate
-    (the run's vectors are read only where some exposure carries a propensity)."""
+    accepted, propensity): IPS, SNIPS and DR with their intervals, or why there is no estimate.
+    `vectors` (user keys, user vectors, item keys, item vectors): the run's, where the caller holds
+    them already; else they are read, and only where some exposure carries a propensity."""
     propensity = exposures["propensity"] if "propensity" in exposures else pd.Series(np.nan, index=exposures.index)
     rounds = offpolicy.LoggedRounds(
         exposures["customer_id"].astype(str).to_numpy(), exposures["offer"].astype(str).to_numpy(),
         pd.to_numeric(exposures["rank"], errors="coerce").fillna(1).astype(int).to_numpy(),
         exposures["accepted"].astype(int).to_numpy(), pd.to_numeric(propensity, errors="coerce").to_numpy())
     logged = np.isfinite(rounds.propensity)
-    if not logged.any():  # says why, before anything is read
-        return offpolicy.replay(rounds, [], np.zeros((0, 1)), [], np.zeros((0, 1)), seed=seed)
-    item_keys, item_vectors = run_vectors(store, run_id, "item")
-    user_keys, user_vectors = run_vectors(store, run_id, "user", set(rounds.customers[logged]))
-    return offpolicy.replay(rounds, user_keys, user_vectors, item_keys, item_vectors, seed=seed)
+    if vectors is None and logged.any():
+        item_keys, item_vectors = run_vectors(store, run_id, "item")
+        user_keys, user_vectors = run_vectors(store, run_id, "user", set(rounds.customers[logged]))
+        vectors = (user_keys, user_vectors, item_keys, item_vectors)
+    # without a propensity the estimate says why before it looks at any vector
+    return offpolicy.replay(rounds, *(vectors or ([], np.zeros((0, 1)), [], np.zeros((0, 1)))), seed=seed)
 
 
 def replay_gate(candidate: dict, live: dict | None, max_drop: float | None) -> tuple[bool, str | None]:

@@ -56,6 +56,3 @@ class TrainingWindow(BaseModel):
 class RetrainParameters(TrainingParams, TrainingWindow):
     """A retrain's request: the window and every training parameter (no run id: runs are named
     by whoever launches them)."""
-
-    def params(self) -> TrainingParams:
-        return TrainingParams.from_dict(self.model_dump(include=set(TrainingParams.model_fields)))

@@ -209,6 +209,10 @@ class TrainingParams(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def params(self) -> "TrainingParams":
+        """The training parameters alone, of a launchpad that declares more fields beside them."""
+        return TrainingParams.from_dict(self.model_dump(include=set(TrainingParams.model_fields)))
+
 
 def _describe_all(model: type[BaseModel], problems: list[dict]) -> str:
     unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")

@@ -31,7 +31,7 @@ from pymongo.errors import DuplicateKeyError
 from twotower_pipeline import offline
 from twotower_pipeline.store import names
 from twotower_pipeline.store.client import MongoStore
-from twotower_pipeline.store.slices import WRITE_ID_FIELD, SlicedCollection, of_writes
+from twotower_pipeline.store.slices import SlicedCollection, of_writes
 
 #: Dagster run statuses that are final.
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -89,7 +89,7 @@ def _committed(store: MongoStore) -> dict:
     write_ids = SlicedCollection(store, names.FLATTEN).committed_write_ids()
     if write_ids is None:
         return {}
-    return of_writes(write_ids.values()) if write_ids else {WRITE_ID_FIELD: {"$in": []}}
+    return of_writes(write_ids.values())
 
 
 def predictors(store: MongoStore) -> list[str]:

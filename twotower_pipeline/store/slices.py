@@ -213,7 +213,8 @@ class SlicedCollection:
 
 
 def of_writes(write_ids: Iterable[str], query: dict | None = None) -> dict:
-    """The filter of the rows of `write_ids` (one pass over the collection) within `query`."""
+    """The filter of the rows of `write_ids` (one pass over the collection) within `query`; no
+    write ids match no row."""
     distinct = sorted(set(write_ids))
     return {**(query or {}), WRITE_ID_FIELD: distinct[0] if len(distinct) == 1 else {"$in": distinct}}
 

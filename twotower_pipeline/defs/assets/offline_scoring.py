@@ -92,7 +92,8 @@ def concept_test_metrics(context: dg.AssetExecutionContext, config: ConceptTestC
                                    min_auc=config.min_auc)
     probes = _probe_table(store, run_id, config, held_out, user_keys, item_keys)
     held_rows = training_frame.loc[held]
-    replay = offline.replay(store, run_id, held_rows, seed=params.seed)
+    replay = offline.replay(store, run_id, held_rows, seed=params.seed,
+                            vectors=(user_keys, user_vectors, item_keys, item_vectors))
     live = publishing.live_run_id(store)
     live_replay = offline.replay(store, live, held_rows, seed=params.seed) \
         if config.max_replay_drop is not None and live not in (None, run_id) and replay.get("available") else None

@@ -50,9 +50,6 @@ class TwoTowerConfig(TrainingParams, dg.Config):
             embeddings.check_run_id(run_id)
         return run_id
 
-    def params(self) -> TrainingParams:
-        return TrainingParams.from_dict(self.model_dump(include=set(TrainingParams.model_fields)))
-
 
 @dg.asset(
     key="two_tower_model",
