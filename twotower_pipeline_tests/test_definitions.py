@@ -44,6 +44,7 @@ EXPECTED_ASSETS = {
     "batch_recommendations": ("other", ["concept_test_metrics", "recommender_demos/offer_matrix", "training_frame",
                                         "two_tower_model"]),
     "published_recommendations": (None, ["batch_recommendations", "two_tower_model"]),
+    "online_metrics": ("daily", ["logging/ecosystemruntime_flatten"]),
 }
 EXPECTED_CHECKS = {
     "logging/ecosystemruntime_flatten": {
@@ -57,6 +58,7 @@ EXPECTED_CHECKS = {
                        "unique_exposures"},
     "user_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
     "item_embeddings": {"unit_vectors_of_embedding_dim", "one_vector_per_key", "counts_match_sources"},
+    "online_metrics": {"challenger_not_worse"},
     "runtime_embeddings": {"same_run_in_both", "counts_match_run", "unit_vectors_of_embedding_dim",
                            "one_vector_per_key"},
     "concept_test_metrics": {"publish_gate"},
@@ -104,8 +106,15 @@ def test_jobs_and_schedules_are_defined():
     assert scoring.partitions_def.get_partition_keys() == [f"shard_{i:02d}_of_04" for i in range(4)]
     assert nodes("publish_scores_job") == {"published_recommendations"}
     assert defs.resolve_sensor_def("orphaned_runs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    for sensor in ("publish_sensor", "refresh_sensor"):
+    for sensor in ("publish_sensor", "refresh_sensor", "experiment_sensor"):
         assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.STOPPED
+    assert nodes("online_metrics_job") == {"online_metrics"}
+    assert nodes("start_experiment_job") == {"start_experiment"}
+    assert nodes("stop_experiment_job") == {"stop_experiment"}
+    assert nodes("promote_experiment_job") == {"runtime_embeddings"}
+    metrics = defs.resolve_schedule_def("online_metrics_schedule")
+    assert (metrics.cron_schedule, metrics.job_name, metrics.default_status) == (
+        "0 1 * * *", "online_metrics_job", dg.DefaultScheduleStatus.STOPPED)
     nightly = defs.resolve_schedule_def("flatten_job_schedule")
     assert nightly.cron_schedule == "30 0 * * *"
     weekly = defs.resolve_schedule_def("weekly_retrain_schedule")

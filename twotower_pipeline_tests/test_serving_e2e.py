@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from twotower_pipeline import publishing
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.definitions import defs
 from twotower_pipeline.store import names
@@ -104,6 +105,7 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
     webserver = _start([str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
                         str(dagster_port)], env, f"http://127.0.0.1:{dagster_port}/server_info",
                        tmp_path / "dagster-dev.log")
+    served = None
     try:
         serve_command = [str(BIN / "twotower"), "serve", "--port", str(serve_port), "--sidecar", "local",
                          "--dagster-url", f"http://127.0.0.1:{dagster_port}",
@@ -185,8 +187,27 @@ def test_served_interactions_come_back_through_flatten_and_runs_launch_through_d
             assert score.status_code == 202, score.text
             trained = _wait_for_job(client, started["job_id"])
             scored = _wait_for_job(client, score.json()["job_id"])
+            # the trained run (gated, not live) challenges run_a, then is promoted: both through Dagster jobs
+            experiment = {"experiment": "e2e_exp", "campaign": predictor, "challenger_run_id": run_id,
+                          "share": 0.5}
+            start = client.post("/api/v1/algorithms/two-tower/experiments", json=experiment)
+            assert start.status_code == 202, start.text
+            begun = _wait_for_job(client, start.json()["job_id"])
+            listed = client.get("/api/v1/algorithms/two-tower/experiments", params={"campaign": predictor}).json()
+            again = client.post("/api/v1/algorithms/two-tower/experiments", json={**experiment, "experiment": "e2"})
+            promote = client.post("/api/v1/algorithms/two-tower/experiments/e2e_exp/promote")
+            assert promote.status_code == 202, promote.text
+            promoted = _wait_for_job(client, promote.json()["job_id"])
         assert _stop(served)
+        assert begun["status"] == "SUCCESS" and begun["result"]["state"] == "running", begun
+        assert [(e["_id"], e["state"], e["champion_run_id"]) for e in listed["experiments"]] == [
+            ("e2e_exp", "running", "run_a")]
+        assert again.status_code == 409 and "already runs experiment 'e2e_exp'" in again.text
+        assert promoted["status"] == "SUCCESS" and promoted["result"]["state"] == "promoted", promoted
+        assert publishing.live_run_id(store) == run_id
     finally:
+        if served is not None and served.poll() is None:  # a failed assertion left it running
+            _stop(served, must_exit=False)
         _stop(webserver, must_exit=False)  # Dagster's own shutdown is not what this test checks
     assert scored["status"] == "SUCCESS", scored
     assert scored["result"] == {"run_id": "run_a", "scores_collection": names.SCORES, "customers": 50}

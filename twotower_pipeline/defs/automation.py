@@ -25,7 +25,7 @@ import json
 import dagster as dg
 import pymongo.errors
 
-from twotower_pipeline import offline, publishing
+from twotower_pipeline import experiments, offline, publishing
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.defs.jobs import publish_job, publish_scores_job, refresh_job, score_job
 from twotower_pipeline.defs.resources import MongoResource
@@ -64,6 +64,9 @@ def next_step(context: dg.SensorEvaluationContext, store, run_id: str):
     step = f"{run_id}:embeddings"
     live = publishing.live_run_id(store)
     if live != run_id:
+        challenged = [e.name for e in experiments.running(store) if e.challenger_run_id == run_id]
+        if challenged:  # an experiment decides: it stops the run or promotes it
+            return None, f"run {run_id} is the challenger of experiment {challenged[0]}: not publishing it"
         runs = _step_runs(instance, step)
         if not runs:
             return [_request(publish_job, run_id, step, "runtime_embeddings")], None

@@ -111,6 +111,23 @@ publish_scores_job = dg.define_asset_job(
 )
 
 
+online_metrics_job = dg.define_asset_job(
+    "online_metrics_job",
+    selection=dg.AssetSelection.assets("online_metrics"),
+    partitions_def=daily_partitions,
+    description="Accept rates per campaign, run and arm of the selected days, and each experiment's verdict "
+    "(a day's verdict counts the days before it: compute days in order).",
+)
+
+
+@dg.schedule(job=online_metrics_job, cron_schedule="0 1 * * *", execution_timezone="UTC",
+             name="online_metrics_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Every night at 01:00 UTC (after the flatten at 00:30): the day that just ended.")
+def daily_online_metrics_schedule(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=f"online_metrics:{day}", partition_key=day)
+
+
 @dg.schedule(job=retrain_job, cron_schedule="0 2 * * 1", execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description=f"Every Monday 02:00 UTC: retrain on the predictor named by {RETRAIN_PREDICTOR_ENV}, "

@@ -56,3 +56,36 @@ def metrics_bar_png(results: dict[str, dict], metric_names=BAR_METRICS, title: s
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def experiment_png(looks: list[dict], title: str | None = None) -> bytes:
+    """PNG of an experiment over its days: each arm's cumulative accept rate (left), and the
+    challenger minus the champion with its always-valid interval (right; 0 marked)."""
+    from matplotlib.figure import Figure
+
+    days = [look["day"] for look in looks]
+    figure = Figure(figsize=(9, 3.4), dpi=100)
+    rates, difference = figure.subplots(1, 2)
+    rates.plot(days, [look["champion_rate"] for look in looks], marker="o", label="champion")
+    rates.plot(days, [look["challenger_rate"] for look in looks], marker="o", label="challenger")
+    rates.set(ylabel="accept rate (cumulative)", title="accept rate by arm")
+    rates.legend(fontsize=8)
+    difference.plot(days, [look["difference"] for look in looks], marker="o", color="tab:purple")
+    difference.fill_between(days, [look["low"] for look in looks], [look["high"] for look in looks],
+                            color="tab:purple", alpha=0.2, label="always-valid 95% interval")
+    difference.axhline(0.0, color="grey", linewidth=1)
+    difference.set(ylabel="challenger - champion", title="difference")
+    difference.legend(fontsize=8)
+    for axis in (rates, difference):
+        axis.grid(alpha=0.3)
+        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _png(figure)

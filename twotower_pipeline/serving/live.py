@@ -100,12 +100,7 @@ class LiveEmbeddings:
                 return False
             started = time.monotonic()
             run_id = version[0]
-            if served is None or served.run_id != run_id or served.version[2] != version[2]:
-                keys, vectors = offline.run_vectors(self.store, run_id, "user")
-                customers = CustomerVectors.build(keys, vectors, budget_bytes=self.memory_budget_bytes,
-                                                  cache_dir=self.cache_dir)
-            else:
-                customers = served.customers
+            customers = self._customers(run_id, version[2], served)
             if served is None or served.version != version:
                 customers = customers.with_refreshed(*self.publisher.refreshed_vectors("user", run_id))
             scorer = self._scorer(run_id)
@@ -126,6 +121,42 @@ class LiveEmbeddings:
                      scorer.skipped[:10], self._served.load_seconds)
             return True
 
+    def challenger(self, run_id: str, earlier: ServedRun | None = None) -> ServedRun | None:
+        """A gated run that is not live, as an experiment's challenger arm serves it: its own kept
+        vectors (a refresh touches the live run only). `earlier` (the same run as loaded before)
+        is returned as it is while its vectors and the offer matrix are unchanged. None when the
+        run kept no vectors."""
+        write_id = self._write_id(run_id)
+        if write_id is None:
+            return None
+        version, catalogue = (run_id, None, write_id), self._catalogue_version()
+        if earlier is not None and earlier.version == version and earlier.catalogue == catalogue:
+            return earlier
+        started = time.monotonic()
+        customers = self._customers(run_id, write_id, earlier)
+        scorer = self._scorer(run_id)
+        if scorer is None:
+            _release(customers, earlier)
+            return None
+        run = self.store.collection(names.RUNS).find_one({"run_id": run_id}, {"predictor": 1}) or {}
+        loaded = ServedRun(run_id, run.get("predictor"), customers, scorer, version, catalogue,
+                           dt.datetime.now(dt.timezone.utc), time.monotonic() - started)
+        log.info("challenger run %s loaded: %d customers (%s bytes), %d offers in %.2f s", run_id, len(customers),
+                 f"{customers.nbytes:,}", len(scorer), loaded.load_seconds)
+        return loaded
+
+    def _customers(self, run_id: str, write_id, earlier: ServedRun | None) -> CustomerVectors:
+        """The run's own customer vectors: `earlier`'s arrays when they are the same write."""
+        if earlier is not None and earlier.run_id == run_id and earlier.version[2] == write_id:
+            return earlier.customers
+        keys, vectors = offline.run_vectors(self.store, run_id, "user")
+        return CustomerVectors.build(keys, vectors, budget_bytes=self.memory_budget_bytes, cache_dir=self.cache_dir)
+
+    def _write_id(self, run_id: str):
+        """The committed write of the run's kept customer vectors (None: it kept none)."""
+        location = self.publisher.run_location("user", run_id)
+        return (SlicedCollection(self.store, location).committed_write_ids() or {}).get(ALL)
+
     def _version(self) -> tuple | None:
         """(live run, published_at, the committed write of its customer vectors), or None while
         nothing is live or a publish or refresh is under way."""
@@ -133,9 +164,7 @@ class LiveEmbeddings:
         run_id = journal.get("live_run_id")
         if journal.get("state") != "live" or run_id is None:
             return None
-        location = self.publisher.run_location("user", run_id)
-        write_id = (SlicedCollection(self.store, location).committed_write_ids() or {}).get(ALL)
-        return run_id, journal.get("published_at"), write_id
+        return run_id, journal.get("published_at"), self._write_id(run_id)
 
     def _catalogue_version(self) -> tuple:
         """(offers, newest `updated_at`) of the offer matrix, read on its indexes: an offer added,
@@ -162,6 +191,11 @@ class LiveEmbeddings:
                 details[name] = {field: document[field] for field in OFFER_DETAILS if field in document}
         return SimilarityScorer(run_id, list(vectors_of), list(vectors_of.values()), metric=self.metric,
                                 catalogue=catalogue or None, details=details)
+
+
+def release_run(served: ServedRun, kept: ServedRun | None = None) -> None:
+    """Delete the mapped files of a run no longer served (unless `kept` maps the same ones)."""
+    _release(served.customers, kept)
 
 
 def _release(customers: CustomerVectors, kept: ServedRun | None) -> None:

@@ -269,6 +269,20 @@ class BatchScoreRequest(Strict):
     scores_collection: Literal["two_tower_scores"] = "two_tower_scores"
 
 
+class ExperimentStart(Strict):
+    """Start an experiment (`start_experiment_job`): the challenger on `share` of the campaign's customers."""
+
+    experiment: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")]
+    campaign: Id
+    challenger_run_id: Id
+    share: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.5
+    promote_on_win: StrictBool = False
+
+
+class ExperimentStop(Strict):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=500), Text]
+
+
 class ErrorAnswer(BaseModel):
     """Every 4xx/5xx answer: the reason, or for a malformed body the list of what is wrong where."""
 

@@ -1,6 +1,7 @@
-"""What one `twotower serve` process holds: the live run's vectors (in memory), the towers, the log
-journal, the presented documents kept for `/response`, the campaigns' accepted offers and the
-Dagster client of the workbench. A request reads memory only; the database is read by the reload
+"""What one `twotower serve` process holds: the live run's vectors (in memory), the challenger
+runs of the running experiments (their vectors in memory too), the towers, the log journal, the
+presented documents kept for `/response`, the campaigns' accepted offers and the Dagster client of
+the workbench. A request reads memory only; the database is read by the reload
 thread, by `/response` for a request older than the ones kept, and by the sidecar for a customer
 that has no vector."""
 
@@ -22,13 +23,14 @@ import numpy as np
 from bson.codec_options import CodecOptions
 from fastapi import Depends, HTTPException, Request
 
+from twotower_pipeline import experiments
 from twotower_pipeline.ingest.context import context_row
 from twotower_pipeline.ingest.runtime_logs import ensure_source_indexes
 from twotower_pipeline.serving import workbench
 from twotower_pipeline.serving.accepted import AcceptedOffers
 from twotower_pipeline.serving.explore import Explorer
 from twotower_pipeline.serving.journal import JournalFull, LogJournal
-from twotower_pipeline.serving.live import LiveEmbeddings, ServedRun
+from twotower_pipeline.serving.live import LiveEmbeddings, ServedRun, release_run
 from twotower_pipeline.serving.schemas import InvocationRequest
 from twotower_pipeline.serving.settings import CampaignSettings, ServeSettings
 from twotower_pipeline.serving.towers import TowerService
@@ -61,6 +63,8 @@ class Runtime:
                                   batch_size=settings.log_batch, fsync=settings.journal_fsync)
         self.explorer = Explorer(settings.explore_seed)
         self.jobs = workbench.DagsterJobs(store, settings.dagster_url) if settings.dagster_url else None
+        #: campaign -> its running experiment and the challenger run as served (`experiments`)
+        self.experiments: dict[str, tuple[experiments.Experiment, ServedRun]] = {}
         #: campaign -> its customers' accepted offers (campaigns that leave them out only)
         self.accepted: dict[str, AcceptedOffers] = {}
         self.recent: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -106,6 +110,7 @@ class Runtime:
         try:
             self.live.check()
             served = self.live.current
+            self._load_experiments(served)
             for campaign in self.campaigns(served):
                 if self.policy(campaign).exclude_accepted:
                     self._load_accepted(campaign)
@@ -117,6 +122,38 @@ class Runtime:
     def _reload_loop(self) -> None:
         while not self._stop.wait(self.settings.reload_s):
             self.reload()
+
+    def _load_experiments(self, live: ServedRun | None) -> None:
+        """The running experiments, each with its challenger's vectors in memory beside the live
+        run's (a challenger that became live, or whose vectors cannot be loaded, is not split off:
+        its campaign is served by the live run, and the reason logged)."""
+        current, loaded = self.experiments, {}
+        for experiment in experiments.running(self.store):
+            if live is not None and experiment.challenger_run_id == live.run_id:
+                continue  # promoted: every customer gets the live run
+            earlier = current.get(experiment.campaign)
+            same_run = earlier[1] if earlier and earlier[1].run_id == experiment.challenger_run_id else None
+            challenger = self.live.challenger(experiment.challenger_run_id, same_run)
+            if challenger is None:
+                log.warning("experiment %s: challenger run %s has no kept vectors; its campaign is served by the "
+                            "live run", experiment.name, experiment.challenger_run_id)
+                continue
+            loaded[experiment.campaign] = (experiment, challenger)
+        self.experiments = loaded
+        kept = {id(served.customers) for _, served in loaded.values()}
+        for _, served in current.values():
+            if id(served.customers) not in kept:
+                release_run(served)
+
+    def assigned(self, served: ServedRun, campaign: str, customer_id: str) -> tuple[ServedRun, str | None, str]:
+        """(the run that serves this customer, the experiment, the arm): the challenger for the
+        customers an experiment of the campaign assigns to it, the live run otherwise."""
+        running = self.experiments.get(campaign)
+        if running is None:
+            return served, None, experiments.LIVE
+        experiment, challenger = running
+        arm = experiment.arm_of(customer_id)
+        return (challenger if arm == experiments.CHALLENGER else served), experiment.name, arm
 
     def _load_accepted(self, campaign: str) -> None:
         earlier = self.accepted.get(campaign)
@@ -247,6 +284,8 @@ class Runtime:
             "live_run": served.summary() if served else None, "reload_error": self.reload_error,
             "journal": journal, "requests_without_vector": self.counts["no_vector"],
             "campaigns": {c: dataclasses.asdict(self.policy(c)) for c in sorted(self.campaigns(served))},
+            "experiments": [{"experiment": e.name, "campaign": e.campaign, "share": e.share,
+                             "challenger_run": challenger.summary()} for e, challenger in self.experiments.values()],
         }
 
 

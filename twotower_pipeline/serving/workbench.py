@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from pymongo.errors import DuplicateKeyError
 
-from twotower_pipeline import offline
+from twotower_pipeline import experiments, offline
 from twotower_pipeline.store import names
 from twotower_pipeline.store.client import MongoStore
 from twotower_pipeline.store.slices import SlicedCollection, of_writes
@@ -293,11 +293,12 @@ class DagsterJobs:
 
     def status(self, job_id: str) -> dict | None:
         """{job_id, kind, job_name, run_id, status, result} or None for an unknown job id."""
-        record = self.records.find_one({"job_id": job_id}, {"_id": 0, "request": 0, "finished": 0})
+        record = self.records.find_one({"job_id": job_id}, {"_id": 0, "finished": 0})
         if record is None:
             return None
         status = self._run_status(record)
-        answer = {**{k: v for k, v in record.items() if k != "backfill"}, "status": status, "result": None}
+        answer = {**{k: v for k, v in record.items() if k not in ("backfill", "request")}, "status": status,
+                  "result": None}
         if status == "SUCCESS":
             answer["result"] = self._result(record)
         return answer
@@ -311,6 +312,10 @@ class DagsterJobs:
                     "item_model_id": run.get("item_model_id"), "user_auc": run.get("user_auc"),
                     "item_auc": run.get("item_auc"), "n_rows": run.get("n_rows"),
                     "gate_passed": bool((verdict.get("gate") or {}).get("passed"))}
+        if record["kind"].startswith("experiment_"):
+            name = (record.get("request") or {}).get("experiment")
+            found = self.store.collection(experiments.EXPERIMENTS).find_one({"_id": name}, {"history": 0}) or {}
+            return {"run_id": run_id, "experiment": name, "state": found.get("state"), "reason": found.get("reason")}
         scores = self.store.database(offline.DATABASE)[names.SCORES]
         return {"run_id": run_id, "scores_collection": names.SCORES,
                 "customers": scores.count_documents({"run_id": run_id})}

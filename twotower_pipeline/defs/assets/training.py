@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from twotower_pipeline import offline, publishing
+from twotower_pipeline import experiments, offline, publishing
 from twotower_pipeline.defs.assets import OWNERS
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import TrainingParams, train_two_tower
@@ -261,11 +261,17 @@ class PublishConfig(dg.Config):
                                          "`updated_at` is after this UTC time (ISO) ...")
     refresh_until: Optional[str] = Field(default=None, description="... and at most this one are embedded with the "
                                          "live run's towers and upserted into its live collections.")
+    promote_experiment: Optional[str] = Field(default=None, description="Publish this running experiment's "
+                                              "challenger and end the experiment (promote_experiment_job).")
 
     @model_validator(mode="after")
     def _one_choice(self):
         if self.run_id is not None:
             embeddings.check_run_id(self.run_id)
+        if self.promote_experiment is not None and (self.run_id is not None or self.rollback or
+                                                    self.refresh_since is not None or self.refresh_until is not None):
+            raise ValueError("promote_experiment takes no run_id, rollback or refresh window: it publishes the "
+                             "experiment's challenger")
         if self.rollback and (self.run_id is not None or self.refresh_until is not None):
             raise ValueError("rollback takes no run_id or refresh window: it puts the previous run back")
         if self.refresh_until is not None:
@@ -310,11 +316,13 @@ def runtime_embeddings(context: dg.AssetExecutionContext, config: PublishConfig,
         yield from _refresh(context, config, mongo, owner)
         return
     try:
-        if config.rollback:
+        if config.promote_experiment is not None:
+            outcome = experiments.promote(mongo.store(), config.promote_experiment, owner=owner)
+        elif config.rollback:
             outcome = publishing.rollback_run(mongo.store(), owner=owner)
         else:
             outcome = publishing.publish_run(mongo.store(), config.run_id or two_tower_model.run_id, owner=owner)
-    except offline.GateError as error:
+    except (offline.GateError, experiments.ExperimentError) as error:
         raise dg.Failure(description=f"{error}; the runtime keeps serving the run it served") from None
     except embeddings.PublishError as error:
         if error.report is not None:

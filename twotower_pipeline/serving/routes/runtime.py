@@ -22,8 +22,9 @@ router = APIRouter(tags=["runtime"])
              responses={404: {"description": "unknown campaign, or a customer without a vector"},
                         503: {"description": "nothing is live yet, or the log journal is full"}})
 async def invocations(request: InvocationRequest, runtime: ServedRuntime):
-    """Rank the offer matrix for one customer with the live run; log the presented document
-    (journaled before the answer: an answered request is never lost). On the event loop: what it
+    """Rank the offer matrix for one customer with the live run (or, for the customers a running
+    experiment assigns to it, the challenger run); log the presented document with the run,
+    experiment and arm (journaled before the answer: an answered request is never lost). On the event loop: what it
     does is memory and one append; the sidecar and a synced journal go to the thread pool."""
     try:
         served = runtime.live.served
@@ -32,6 +33,7 @@ async def invocations(request: InvocationRequest, runtime: ServedRuntime):
     campaigns = runtime.campaigns(served)
     if request.campaign not in campaigns:
         raise HTTPException(404, f"unknown campaign {request.campaign!r}: this runtime serves {sorted(campaigns)}")
+    served, experiment, arm = runtime.assigned(served, request.campaign, request.customer)
     vector, source = runtime.held_vector(served, request), "stored"
     if vector is None and runtime.settings.sidecar:
         try:
@@ -53,7 +55,7 @@ async def invocations(request: InvocationRequest, runtime: ServedRuntime):
                     for position, (offer, score) in enumerate(zip(ranked.offers, ranked.scores), start=1)]
     document = {
         "_id": request_id, "uuid": request_id, "predictor": request.campaign, "date_log": now(),
-        "run_id": served.run_id,
+        "run_id": served.run_id, "experiment": experiment, "arm": arm,
         "api_params": {"customer": request.customer, "channel": request.channel, "campaign": request.campaign,
                        "subcampaign": request.subcampaign, "numberoffers": request.numberoffers,
                        "userid": request.userid},

@@ -11,11 +11,11 @@ from typing import Annotated, Callable, Optional
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 
-from twotower_pipeline import offline
+from twotower_pipeline import experiments, offline
 from twotower_pipeline.parameters import RetrainParameters
 from twotower_pipeline.serving import workbench
-from twotower_pipeline.serving.schemas import (JOB_ID, BatchScoreRequest, ConceptTestRequest, PytorchTrain,
-                                               TrainParameters)
+from twotower_pipeline.serving.schemas import (JOB_ID, BatchScoreRequest, ConceptTestRequest, ExperimentStart,
+                                               ExperimentStop, PytorchTrain, TrainParameters)
 from twotower_pipeline.serving.state import Runtime, ServedRuntime
 from twotower_pipeline.store import embeddings, names
 
@@ -168,6 +168,71 @@ def batch_score(request: BatchScoreRequest, runtime: ServedRuntime, response: Re
         return {"job_id": job_id, "run_id": request.run_id}
 
     return _once(runtime, response, idempotency_key, "batch_score", body, launch)
+
+
+@router.get(f"{PREFIX}/experiments")
+def list_experiments(runtime: ServedRuntime, campaign: Annotated[Optional[str], Query(max_length=200)] = None):
+    """The newest experiments (running, stopped, promoted) with their verdicts by day."""
+    return {"experiments": experiments.records(runtime.store, campaign=campaign)}
+
+
+def _experiment(runtime: Runtime, name: str, state: str = experiments.RUNNING) -> dict:
+    try:
+        record = experiments.get(runtime.store, name)
+    except experiments.ExperimentError as error:
+        raise HTTPException(404, str(error)) from None
+    if record["state"] != state:
+        raise HTTPException(409, f"experiment {name!r} is {record['state']}, not {state}")
+    return record
+
+
+def _launch_experiment(runtime: Runtime, response: Response, key: Optional[str], kind: str, job_name: str,
+                       run_config: dict, run_id: str, body: dict) -> dict:
+    def launch() -> dict:
+        job_id = _launch(runtime, lambda jobs, cap: jobs.launch(kind, job_name, run_config, run_id=run_id,
+                                                                request=body, max_active=cap))
+        return {"job_id": job_id, "experiment": body["experiment"]}
+
+    return _once(runtime, response, key, kind, body, launch)
+
+
+@router.post(f"{PREFIX}/experiments", status_code=202, responses=LAUNCH_ANSWERS)
+def start_experiment(request: ExperimentStart, runtime: ServedRuntime, response: Response,
+                     idempotency_key: IdempotencyKey = None):
+    """Launch `start_experiment_job`: the challenger (a gated run, not live) on `share` of the
+    campaign's customers; refused at once when the run is not gated or the campaign runs one."""
+    try:
+        offline.require_gate(runtime.store, request.challenger_run_id)
+    except offline.GateError as error:
+        raise HTTPException(409, str(error)) from None
+    running = [r["_id"] for r in experiments.records(runtime.store, campaign=request.campaign)
+               if r["state"] in (experiments.RUNNING, experiments.PROMOTING)]
+    if running:
+        raise HTTPException(409, f"campaign {request.campaign!r} already runs experiment {running[0]!r}")
+    body = request.model_dump()
+    return _launch_experiment(runtime, response, idempotency_key, "experiment_start", "start_experiment_job",
+                              {"ops": {"start_experiment": {"config": body}}}, request.challenger_run_id, body)
+
+
+@router.post(f"{PREFIX}/experiments/{{name}}/stop", status_code=202, responses=LAUNCH_ANSWERS)
+def stop_experiment(name: Annotated[str, Path(max_length=80)], request: ExperimentStop, runtime: ServedRuntime,
+                    response: Response, idempotency_key: IdempotencyKey = None):
+    """Launch `stop_experiment_job`: every customer gets the live run again; the reason is recorded."""
+    record = _experiment(runtime, name)
+    body = {"experiment": name, "reason": request.reason}
+    return _launch_experiment(runtime, response, idempotency_key, "experiment_stop", "stop_experiment_job",
+                              {"ops": {"stop_experiment": {"config": body}}}, record["challenger_run_id"], body)
+
+
+@router.post(f"{PREFIX}/experiments/{{name}}/promote", status_code=202, responses=LAUNCH_ANSWERS)
+def promote_experiment(name: Annotated[str, Path(max_length=80)], runtime: ServedRuntime, response: Response,
+                       idempotency_key: IdempotencyKey = None):
+    """Launch `promote_experiment_job`: the challenger is published (the publish path) and the
+    experiment ends."""
+    record = _experiment(runtime, name)
+    body = {"experiment": name}
+    return _launch_experiment(runtime, response, idempotency_key, "experiment_promote", "promote_experiment_job",
+                              {"experiment": name}, record["challenger_run_id"], body)
 
 
 @router.post(f"{PREFIX}/concept-test")
