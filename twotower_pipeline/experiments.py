@@ -17,12 +17,13 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+import uuid
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from twotower_pipeline import offline, publishing
-from twotower_pipeline.store.client import MongoStore
+from twotower_pipeline.store.client import MongoStore, redact_text
 
 EXPERIMENTS = "ecosystem_meta.two_tower_experiments"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -32,6 +33,9 @@ RUNNING, PROMOTING, STOPPED, PROMOTED = "running", "promoting", "stopped", "prom
 #: Experiment names: they are hashed into the split and shown in the UI.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 HISTORY = 50
+#: A promotion whose process died before it recorded the outcome is taken over after this long
+#: (a publish holds its lease for much less).
+PROMOTION_STALE_S = 600
 
 
 class ExperimentError(RuntimeError):
@@ -109,16 +113,18 @@ def start(store: MongoStore, name: str, campaign: str, challenger_run_id: str, s
     try:
         collection.insert_one(document)
     except DuplicateKeyError:
+        if collection.find_one({"_id": name}, {"_id": 1}) is not None:
+            raise ExperimentError(f"an experiment named {name!r} exists already (its records are kept): choose "
+                                  "another name") from None
         running = collection.find_one({"running_campaign": campaign}, {"_id": 1})
-        if running is not None and running["_id"] != name:
-            raise ExperimentError(f"campaign {campaign!r} already runs experiment {running['_id']!r}: stop or "
-                                  "promote it first (one experiment per campaign)") from None
-        raise ExperimentError(f"an experiment named {name!r} exists already (its records are kept): choose "
-                              "another name") from None
+        which = f"experiment {running['_id']!r}" if running else "another experiment"
+        raise ExperimentError(f"campaign {campaign!r} already runs {which}: stop or promote it first (one "
+                              "experiment per campaign)") from None
     return document
 
 
 def get(store: MongoStore, name: str) -> dict:
+    """The experiment's record; ExperimentError naming it when there is none."""
     found = _collection(store).find_one({"_id": name})
     if found is None:
         raise ExperimentError(f"no experiment named {name!r}")
@@ -141,45 +147,64 @@ def stop(store: MongoStore, name: str, reason: str, *, owner: dict | None = None
          **_event("stopped", reason=str(reason), **({"owner": owner} if owner else {}))},
         return_document=ReturnDocument.AFTER)
     if ended is None:
-        raise ExperimentError(f"experiment {name!r} is not running (it is {get(store, name)['state']})")
+        state = get(store, name)["state"]
+        why = ": its challenger is being published; let the promotion finish" if state == PROMOTING else ""
+        raise ExperimentError(f"experiment {name!r} is not running (it is {state}){why}")
     return ended
 
 
-def begin_promotion(store: MongoStore, name: str, *, owner: dict | None = None) -> dict:
-    """Mark a running experiment as being promoted (the publish follows); its record, to publish."""
+def begin_promotion(store: MongoStore, name: str, *, owner: dict | None = None) -> tuple[dict, str]:
+    """Mark a running experiment as being promoted by this caller: (its record, the promotion's
+    token). A promotion left unfinished (its process died) is taken over after `PROMOTION_STALE_S`;
+    one under way is refused, so two promotions never publish at once."""
+    token, now = uuid.uuid4().hex, _now()
     marked = _collection(store).find_one_and_update(
-        {"_id": name, "state": {"$in": [RUNNING, PROMOTING]}},
-        {"$set": {"state": PROMOTING}, **_event("promoting", **({"owner": owner} if owner else {}))},
+        {"_id": name, "$or": [{"state": RUNNING}, {"state": PROMOTING, "promotion.started_at": {
+            "$lt": now - dt.timedelta(seconds=PROMOTION_STALE_S)}}]},
+        {"$set": {"state": PROMOTING, "promotion": {"token": token, "started_at": now, "owner": owner}},
+         **_event("promoting", **({"owner": owner} if owner else {}))},
         return_document=ReturnDocument.AFTER)
     if marked is None:
-        raise ExperimentError(f"experiment {name!r} is not running (it is {get(store, name)['state']}): only a "
-                              "running experiment's challenger is promoted")
-    return marked
+        record = get(store, name)
+        if record["state"] == PROMOTING:
+            promotion = record.get("promotion") or {}
+            raise ExperimentError(f"experiment {name!r} is being promoted already (since "
+                                  f"{promotion.get('started_at')}, {promotion.get('owner')}); a promotion left "
+                                  f"unfinished is taken over after {PROMOTION_STALE_S} s")
+        raise ExperimentError(f"experiment {name!r} is not running (it is {record['state']}): only a running "
+                              "experiment's challenger is promoted")
+    return marked, token
 
 
-def end_promotion(store: MongoStore, name: str, published: bool, reason: str) -> dict:
+def end_promotion(store: MongoStore, name: str, token: str, published: bool, reason: str) -> dict:
     """After the publish: `promoted` (the challenger is live, the experiment over) or back to
-    `running` (the publish failed; the champion is still live)."""
+    `running` (the publish failed; the champion is still live). Refused when another caller took
+    the promotion over meanwhile."""
     if published:
         update = {"$set": {"state": PROMOTED, "ended_at": _now(), "reason": reason},
-                  "$unset": {"running_campaign": ""}, **_event("promoted", reason=reason)}
+                  "$unset": {"running_campaign": "", "promotion": ""}, **_event("promoted", reason=reason)}
     else:
-        update = {"$set": {"state": RUNNING}, **_event("promotion_failed", reason=reason)}
-    return _collection(store).find_one_and_update({"_id": name, "state": PROMOTING}, update,
-                                                  return_document=ReturnDocument.AFTER)
+        update = {"$set": {"state": RUNNING}, "$unset": {"promotion": ""}, **_event("promotion_failed", reason=reason)}
+    ended = _collection(store).find_one_and_update({"_id": name, "state": PROMOTING, "promotion.token": token},
+                                                   update, return_document=ReturnDocument.AFTER)
+    if ended is None:
+        raise ExperimentError(f"experiment {name!r}: this promotion was taken over by another (it ran past "
+                              f"{PROMOTION_STALE_S} s); its record is that one's to finish")
+    return ended
 
 
 def promote(store: MongoStore, name: str, *, owner: dict | None = None) -> dict:
-    """Publish the challenger through the publish path (both towers as one unit, verified) and end
-    the experiment; when the publish fails the experiment keeps running and the error is raised."""
-    experiment = begin_promotion(store, name, owner=owner)
+    """Publish the challenger through the publish path (both towers as one unit, verified; a
+    challenger an unfinished promotion already published is published again) and end the
+    experiment; when the publish fails the experiment keeps running and the error is raised."""
+    experiment, token = begin_promotion(store, name, owner=owner)
     run_id = experiment["challenger_run_id"]
     try:
         outcome = publishing.publish_run(store, run_id, owner=owner)
     except Exception as error:
-        end_promotion(store, name, False, f"{type(error).__name__}: {error}")
+        end_promotion(store, name, token, False, f"{type(error).__name__}: {redact_text(str(error), store.uri)}")
         raise
-    end_promotion(store, name, True, f"run {run_id} published (was {outcome.get('previous_run_id')})")
+    end_promotion(store, name, token, True, f"run {run_id} published (was {outcome.get('previous_run_id')})")
     return outcome
 
 
@@ -194,7 +219,15 @@ def latest_verdict(experiment: dict) -> tuple[str, dict] | None:
     return max(verdicts.items()) if verdicts else None
 
 
-def records(store: MongoStore, *, campaign: str | None = None, limit: int = 50) -> list[dict]:
-    """The newest experiments (all states), for the workbench and the sensor."""
-    query = {"campaign": campaign} if campaign else {}
+def records(store: MongoStore, *, campaign: str | None = None, state: str | None = None,
+            limit: int = 50) -> list[dict]:
+    """The newest experiments (of a campaign, in a state), for the workbench and the sensor."""
+    query = {**({"campaign": campaign} if campaign else {}), **({"state": state} if state else {})}
     return list(_collection(store).find(query, {"history": 0}).sort("started_at", -1).limit(limit))
+
+
+def serving_between(store: MongoStore, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    """Every experiment that served some time in [start, end): started before its end, not ended
+    before its start."""
+    query = {"started_at": {"$lt": end}, "$or": [{"ended_at": None}, {"ended_at": {"$gte": start}}]}
+    return list(_collection(store).find(query, {"history": 0}))

@@ -2,19 +2,17 @@
 arm, and for an experiment the challenger's accept rate minus the champion's with an interval that
 stays valid however often it is looked at (`model.sequential`: mSPRT).
 
-An exposure is one presented offer (a flatten row); its accept rate is accepts / exposures with a
-95% Wilson interval (offers of one request are counted as independent exposures, as the training
-frame counts them). `online_metrics` (the daily asset) keeps one row per (day, campaign, run,
-experiment, arm); an experiment's looks are the cumulative sums of its rows from its first day to
-each day, so the verdict of a day depends on the days before it (re-computing a day recomputes its
-own verdict; a day not yet computed is reported missing, never guessed).
+A day's table counts exposures (presented offers, flatten rows): accepts / exposures with a 95%
+Wilson interval, descriptive. An experiment's look on a day is computed from all its exposures up
+to the end of that day, summed per customer: customers are what the experiment assigns to arms,
+and one customer's exposures are not independent, so each arm's variance is taken over its
+customers (`sequential.clustered_rate`). Each look's interval is intersected with the earlier
+days' recorded looks and the p-value is their running minimum.
 
 No Dagster here: pandas and the sequential test.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -22,14 +20,15 @@ import pandas as pd
 from twotower_pipeline.experiments import CHALLENGER, CHAMPION, LIVE
 from twotower_pipeline.model import sequential
 
-#: The flatten columns online metrics read.
+#: The flatten columns online metrics read: a day's arms, and an experiment's customers.
 EXPOSURE_COLUMNS = ["predictor", "run_id", "experiment", "arm", "rank", "accepted"]
+EXPERIMENT_COLUMNS = ["customer_id", "arm", "run_id", "accepted"]
 GROUP = ["campaign", "run_id", "experiment", "arm"]
 #: What a row says when the presented document did not log it (logged before runs were recorded).
 NOT_LOGGED = "(not logged)"
 NO_EXPERIMENT = ""
 Z95 = 1.959963984540054
-BETTER, WORSE, UNDECIDED = "challenger_better", "challenger_worse", "undecided"
+BETTER, WORSE, UNDECIDED, INVALID = "challenger_better", "challenger_worse", "undecided", "invalid"
 
 
 def wilson_interval(accepts: np.ndarray, exposures: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
@@ -86,42 +85,61 @@ def _text(exposures: pd.DataFrame, column: str, missing: str) -> pd.Series:
     return values.where(values.notna() & (values.astype(str) != ""), missing).astype(str)
 
 
-def experiment_looks(daily: pd.DataFrame, experiment: str, *, alpha: float = sequential.ALPHA,
-                     tau: float = sequential.TAU) -> list[dict]:
-    """The experiment's looks, one per day with exposures in both arms: the cumulative counts of
-    each arm up to that day and the mSPRT interval of challenger minus champion there, narrowed by
-    every earlier look (the intersection of always-valid intervals is always valid) with the
-    running minimum p-value."""
-    rows = daily[daily["experiment"] == experiment]
-    if rows.empty:
-        return []
-    by_day = rows.groupby([rows["day"].map(_day), "arm"])[["exposures", "accepts"]].sum().unstack("arm", fill_value=0)
-    by_day = by_day.sort_index().cumsum()
-    looks, low, high, p_value = [], -math.inf, math.inf, 1.0
-    for day, counts in by_day.iterrows():
-        n_a, k_a = int(counts.get(("exposures", CHAMPION), 0)), int(counts.get(("accepts", CHAMPION), 0))
-        n_b, k_b = int(counts.get(("exposures", CHALLENGER), 0)), int(counts.get(("accepts", CHALLENGER), 0))
-        if n_a == 0 or n_b == 0:
-            continue
-        look = sequential.accept_rate_difference(k_a, n_a, k_b, n_b, alpha=alpha, tau=tau)
-        low, high, p_value = max(low, look.low), min(high, look.high), min(p_value, look.p_value)
-        decision = BETTER if low > 0 else WORSE if high < 0 else UNDECIDED
-        looks.append({"day": day, "champion_exposures": n_a, "champion_accepts": k_a, "champion_rate": k_a / n_a,
-                      "challenger_exposures": n_b, "challenger_accepts": k_b, "challenger_rate": k_b / n_b,
-                      "difference": look.difference, "low": low, "high": high, "p_value": p_value,
-                      "decision": decision, "alpha": alpha, "tau": tau})
-    return looks
+def arm_customers(batches) -> tuple[pd.DataFrame, dict[str, set[str]]]:
+    """Per (arm, customer): exposures and accepts, summed over `batches` of flatten rows
+    (customer_id, arm, accepted, run_id), and the runs each arm served: what an experiment's look
+    is computed from, streamed so that a long experiment is never held row by row."""
+    parts, runs = [], {}
+    for batch in batches:
+        frame = pd.DataFrame({
+            "arm": _text(batch, "arm", LIVE), "customer_id": _text(batch, "customer_id", NOT_LOGGED),
+            "run_id": _text(batch, "run_id", NOT_LOGGED),
+            "accepted": pd.to_numeric(batch["accepted"], errors="coerce").fillna(0).clip(0, 1).astype(int)})
+        parts.append(frame.groupby(["arm", "customer_id"])["accepted"].agg(exposures="size", accepts="sum"))
+        for arm, run in frame[["arm", "run_id"]].drop_duplicates().itertuples(index=False):
+            runs.setdefault(arm, set()).add(run)
+    if not parts:
+        return pd.DataFrame(columns=["exposures", "accepts"]), runs
+    return pd.concat(parts).groupby(level=[0, 1]).sum(), runs
+
+
+def experiment_look(totals: pd.DataFrame, runs: dict[str, set[str]], day: str, earlier: list[dict], *,
+                    champion_run_id: str | None, challenger_run_id: str, alpha: float = sequential.ALPHA,
+                    tau: float = sequential.TAU) -> dict | None:
+    """The experiment's look on `day` from its cumulative per-customer counts (`arm_customers`):
+    each arm's accept rate with its variance over customers, challenger minus champion with its
+    mSPRT interval, narrowed by the `earlier` looks' intervals (verdicts of earlier days with the
+    same alpha and tau; an intersection of always-valid intervals is always valid) and with the
+    running minimum p-value. None until both arms have exposures. A champion arm that served
+    another run than the experiment's champion (the live run changed: a publish or a rollback)
+    makes the look `invalid`: it would compare a mix of runs."""
+    arms = set(totals.index.get_level_values(0)) if len(totals) else set()
+    if not {CHAMPION, CHALLENGER} <= arms:
+        return None
+    a = sequential.clustered_rate(totals.loc[CHAMPION, "accepts"], totals.loc[CHAMPION, "exposures"])
+    b = sequential.clustered_rate(totals.loc[CHALLENGER, "accepts"], totals.loc[CHALLENGER, "exposures"])
+    look = sequential.rate_difference(a.rate, a.variance, b.rate, b.variance, alpha=alpha, tau=tau)
+    before = [v for v in earlier if v["day"] < day and v.get("alpha") == alpha and v.get("tau") == tau]
+    low = max([look.low] + [v["low"] for v in before])
+    high = min([look.high] + [v["high"] for v in before])
+    problems = [f"the {arm} arm served runs {sorted(runs.get(arm, set()) - {expected})} besides {expected}: the "
+                "live run changed during the experiment (a publish or a rollback), so the arms compare a mix of runs"
+                for arm, expected in ((CHAMPION, champion_run_id), (CHALLENGER, challenger_run_id))
+                if expected is not None and runs.get(arm, set()) - {expected}]
+    if not problems and low > high:
+        problems.append("the intervals of earlier looks and this one do not overlap: the arms' rates moved (not "
+                        "one steady difference)")
+    decision = INVALID if problems else BETTER if low > 0 else WORSE if high < 0 else UNDECIDED
+    return {"day": day, "decision": decision, "difference": look.difference, "low": low, "high": high,
+            "p_value": min([look.p_value] + [v["p_value"] for v in before]),
+            "look_low": look.low, "look_high": look.high, "look_p_value": look.p_value, "looks": len(before) + 1,
+            **{f"{name}_{field}": getattr(rate, field) for name, rate in (("champion", a), ("challenger", b))
+               for field in ("rate", "variance", "customers", "exposures", "accepts")},
+            "problems": problems, "alpha": alpha, "tau": tau}
 
 
 def _day(value) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%d")
-
-
-def experiment_days(started_day: str, ended_at, day: str) -> bool:
-    """Whether an experiment (started on `started_day`, ended at `ended_at` or running) served on `day`."""
-    if day < started_day:
-        return False
-    return ended_at is None or day <= _day(ended_at)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

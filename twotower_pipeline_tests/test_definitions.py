@@ -114,7 +114,7 @@ def test_jobs_and_schedules_are_defined():
     assert nodes("promote_experiment_job") == {"runtime_embeddings"}
     metrics = defs.resolve_schedule_def("online_metrics_schedule")
     assert (metrics.cron_schedule, metrics.job_name, metrics.default_status) == (
-        "0 1 * * *", "online_metrics_job", dg.DefaultScheduleStatus.STOPPED)
+        "15 * * * *", "online_metrics_job", dg.DefaultScheduleStatus.STOPPED)
     nightly = defs.resolve_schedule_def("flatten_job_schedule")
     assert nightly.cron_schedule == "30 0 * * *"
     weekly = defs.resolve_schedule_def("weekly_retrain_schedule")

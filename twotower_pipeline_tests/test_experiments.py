@@ -44,7 +44,7 @@ def _keep_run(store, world, run_id: str, users, items) -> None:
 
 @pytest.fixture
 def world(store):
-    world = simulate_world(n_customers=400, n_offers=30, latent_dim=8, affinity_scale=3.0, seed=11)
+    world = simulate_world(n_customers=2000, n_offers=30, latent_dim=8, affinity_scale=3.0, seed=11)
     store.collection(names.OFFER_MATRIX).insert_many(frames.frame_to_documents(world.offer_matrix))
     for run_id, blur in (("sharp", 0.6), ("blurred", 0.9), ("random", None)):
         rng = np.random.default_rng(5)
@@ -107,7 +107,7 @@ def _drain(runtime, store, presented: int) -> None:
     assert store.collection(names.PRESENTED).count_documents({}) == presented
 
 
-def _run_experiment(store, mongo, world, tmp_path, monkeypatch, *, champion, challenger, days, requests=300,
+def _run_experiment(store, mongo, world, tmp_path, monkeypatch, *, champion, challenger, days, requests=600,
                     then=None):
     """Serve `days` simulated days of an experiment (challenger on half the customers), each day
     flattened and measured; `then(client, runtime)` runs before the service stops."""
@@ -140,6 +140,15 @@ def _run_experiment(store, mongo, world, tmp_path, monkeypatch, *, champion, cha
     return served, verdicts
 
 
+def _print_looks(looks) -> None:
+    """The looks as the README's table shows them (`pytest -s`)."""
+    print("\n" + "\n".join(
+        f"{v['day']}: champion {v['champion_accepts']}/{v['champion_exposures']} ({v['champion_customers']} "
+        f"customers), challenger {v['challenger_accepts']}/{v['challenger_exposures']} ({v['challenger_customers']}), "
+        f"difference {v['difference']:+.4f} ({v['low']:+.4f}..{v['high']:+.4f}), p {v['p_value']:.3g}: {v['decision']}"
+        for v in looks))
+
+
 def _arm_counts(served_days) -> dict:
     counts = {experiments.CHAMPION: 0, experiments.CHALLENGER: 0}
     for served in served_days:
@@ -163,10 +172,7 @@ def test_an_experiment_detects_a_better_challenger_with_exact_counts_per_arm(sto
     # a look a day, cumulative, and the better challenger is found
     looks = [verdict for _, verdict in verdicts]
     assert [v["day"] for v in looks] == ["2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04"]
-    print("\n" + "\n".join(f"{v['day']}: champion {v['champion_accepts']}/{v['champion_exposures']}, challenger "
-                           f"{v['challenger_accepts']}/{v['challenger_exposures']}, difference {v['difference']:+.4f} "
-                           f"({v['low']:+.4f}..{v['high']:+.4f}), p {v['p_value']:.3g}: {v['decision']}"
-                           for v in looks))
+    _print_looks(looks)
     assert looks[0]["decision"] == online.UNDECIDED  # one day is not enough to tell nine points apart
     assert looks[-1]["challenger_exposures"] == expected[experiments.CHALLENGER]
     assert looks[-1]["decision"] == online.BETTER and looks[-1]["low"] > 0
@@ -205,10 +211,11 @@ def test_a_worse_challenger_fails_the_check_and_the_sensor_stops_it(store, mongo
             reply = client.post("/invocations", json={"campaign": CAMPAIGN, "customer": str(customer),
                                                       "numberoffers": NUMBER_OFFERS})
             assert reply.status_code == 200
-        _drain(runtime, store, 2 * 300 + 40)
+        _drain(runtime, store, 2 * 600 + 40)
 
     _, verdicts = _run_experiment(store, mongo, world, tmp_path, monkeypatch, champion="sharp",
                                   challenger="random", days=2, then=stop_and_serve)
+    _print_looks([verdict for _, verdict in verdicts])
     outcome, verdict = verdicts[-1]
     assert verdict["decision"] == online.WORSE and verdict["high"] < 0
     [check] = outcome.get_asset_check_evaluations()
@@ -394,3 +401,37 @@ def test_a_quiet_day_is_an_empty_slice_without_a_verdict(store, mongo, world, mo
     [check] = outcome.get_asset_check_evaluations()
     assert check.passed and experiments.get(store, "exp1")["verdicts"] == {}
     assert len(online_table(store)) == 0
+
+
+def test_two_promotions_never_publish_at_once_and_an_abandoned_one_is_taken_over(store, world):
+    publishing.publish_run(store, "blurred")
+    experiments.start(store, "e1", CAMPAIGN, "sharp")
+    _, first = experiments.begin_promotion(store, "e1", owner={"by": "first"})
+    with pytest.raises(experiments.ExperimentError, match="being promoted already"):
+        experiments.promote(store, "e1")
+    with pytest.raises(experiments.ExperimentError, match="being published; let the promotion finish"):
+        experiments.stop(store, "e1", "no")
+    assert publishing.live_run_id(store) == "blurred"
+    # the first promoter died: past PROMOTION_STALE_S another takes over, and the first cannot finish it
+    stale = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=experiments.PROMOTION_STALE_S + 1)
+    store.collection(experiments.EXPERIMENTS).update_one({"_id": "e1"}, {"$set": {"promotion.started_at": stale}})
+    assert experiments.promote(store, "e1")["run_id"] == "sharp"
+    with pytest.raises(experiments.ExperimentError, match="taken over by another"):
+        experiments.end_promotion(store, "e1", first, True, "late")
+    record = experiments.get(store, "e1")
+    assert record["state"] == experiments.PROMOTED and "promotion" not in record
+    assert publishing.live_run_id(store) == "sharp"
+
+
+def test_the_hourly_schedule_computes_a_day_once_its_flatten_is_committed(store, mongo):
+    from twotower_pipeline.defs.jobs import daily_online_metrics_schedule
+
+    tick = dt.datetime(2025, 3, 2, 0, 15, tzinfo=dt.timezone.utc)
+    with dg.build_schedule_context(scheduled_execution_time=tick, resources={"mongo": mongo}) as context:
+        waiting = daily_online_metrics_schedule(context)
+    assert isinstance(waiting, dg.SkipReason) and "waiting for the flatten of 2025-03-01" in waiting.skip_message
+    assert dg.materialize(list(defs.assets), resources=build_resources(mongo), partition_key="2025-03-01",
+                          selection=FLATTEN).success  # committed now, after the day's end
+    with dg.build_schedule_context(scheduled_execution_time=tick, resources={"mongo": mongo}) as context:
+        request = daily_online_metrics_schedule(context)
+    assert (request.partition_key, request.run_key) == ("2025-03-01", "online_metrics:2025-03-01")

@@ -1,6 +1,6 @@
 """Online metrics on their own (pandas, no server): the arms of a day's exposures, the Wilson
-interval, and an experiment's looks (cumulative counts, the always-valid interval narrowed look by
-look, the running minimum p-value)."""
+interval, and an experiment's looks (per-customer totals, the always-valid interval narrowed by
+earlier looks, the running minimum p-value, runs mixed in an arm)."""
 
 import numpy as np
 import pandas as pd
@@ -45,39 +45,74 @@ def test_the_wilson_interval_matches_its_formula_and_stays_within_0_and_1():
     assert (low[3], high[3]) == (0.0, 1.0)  # no exposures: nothing known
 
 
-def _day_rows(day, champion, challenger):
+def _rows(customers, arm, run, accepts_per_customer, exposures_per_customer):
     rows = []
-    for arm, run, (accepts, exposures) in (("champion", "a", champion), ("challenger", "b", challenger)):
-        rows.append({"day": pd.Timestamp(day, tz="UTC"), "campaign": "c", "run_id": run, "experiment": "e",
-                     "arm": arm, "exposures": exposures, "accepts": accepts, "rank1_exposures": 0,
-                     "rank1_accepts": 0})
+    for customer in customers:
+        rows += [{"customer_id": customer, "arm": arm, "run_id": run, "accepted": int(i < accepts_per_customer)}
+                 for i in range(exposures_per_customer)]
     return rows
 
 
-def test_an_experiments_looks_are_cumulative_narrowed_and_keep_the_smallest_p_value():
-    daily = pd.DataFrame(_day_rows("2025-03-01", (100, 1000), (130, 1000))
-                         + _day_rows("2025-03-02", (90, 1000), (140, 1000))
-                         + _day_rows("2025-03-03", (120, 1000), (100, 1000)))
-    daily = pd.concat([daily, pd.DataFrame([{**daily.iloc[0].to_dict(), "experiment": "other"}])])
-    looks = online.experiment_looks(daily, "e")
-    assert [look["day"] for look in looks] == ["2025-03-01", "2025-03-02", "2025-03-03"]
-    assert [(look["champion_accepts"], look["champion_exposures"]) for look in looks] == [
-        (100, 1000), (190, 2000), (310, 3000)]
-    for i, look in enumerate(looks):
-        fresh = sequential.accept_rate_difference(look["champion_accepts"], look["champion_exposures"],
-                                                  look["challenger_accepts"], look["challenger_exposures"])
-        assert look["difference"] == pytest.approx(fresh.difference)
-        earlier = looks[:i + 1]
-        assert look["low"] == pytest.approx(max(
-            sequential.accept_rate_difference(x["champion_accepts"], x["champion_exposures"],
-                                              x["challenger_accepts"], x["challenger_exposures"]).low for x in earlier))
-        assert look["p_value"] == min(x["p_value"] for x in earlier) <= fresh.p_value
-    assert looks[1]["decision"] == online.BETTER
-    # the third day's worse rates lower this look's estimate, not what was already shown
-    assert looks[2]["low"] >= looks[1]["low"] and looks[2]["decision"] == online.BETTER
-    assert online.experiment_looks(daily, "missing") == []
+def test_an_experiments_customers_are_summed_across_batches():
+    first = pd.DataFrame(_rows(["a", "b"], "champion", "r1", 1, 3) + _rows(["x"], "challenger", "r2", 2, 3))
+    second = pd.DataFrame(_rows(["a"], "champion", "r1", 0, 2) + _rows(["y"], "challenger", "r2", 3, 3))
+    totals, runs = online.arm_customers([first, second])
+    assert totals.loc[("champion", "a")].tolist() == [5, 1] and totals.loc[("champion", "b")].tolist() == [3, 1]
+    assert totals.loc["challenger"]["accepts"].to_dict() == {"x": 2, "y": 3}
+    assert runs == {"champion": {"r1"}, "challenger": {"r2"}}
+    empty, none = online.arm_customers([])
+    assert len(empty) == 0 and none == {}
 
 
-def test_a_day_without_the_challengers_arm_is_not_a_look():
-    rows = _day_rows("2025-03-01", (10, 100), (0, 0))
-    assert online.experiment_looks(pd.DataFrame(rows), "e") == []
+def _totals(champion, challenger, run_a="r1", run_b="r2"):
+    """Per-customer totals of 200 customers an arm: (accepts of a customer, exposures of each)."""
+    frame = pd.DataFrame(_rows([f"a{i}" for i in range(200)], "champion", run_a, *champion)
+                         + _rows([f"b{i}" for i in range(200)], "challenger", run_b, *challenger))
+    return online.arm_customers([frame])
+
+
+def test_a_look_is_over_customers_narrowed_by_earlier_looks_and_keeps_the_smallest_p_value():
+    totals, runs = _totals((1, 5), (2, 5))  # 20% against 40%, every customer alike
+    look = online.experiment_look(totals, runs, "2025-03-02", [], champion_run_id="r1", challenger_run_id="r2")
+    a = sequential.clustered_rate([1] * 200, [5] * 200)
+    b = sequential.clustered_rate([2] * 200, [5] * 200)
+    fresh = sequential.rate_difference(a.rate, a.variance, b.rate, b.variance)
+    assert (look["difference"], look["low"], look["high"], look["p_value"]) == pytest.approx(
+        (fresh.difference, fresh.low, fresh.high, fresh.p_value))
+    assert look["decision"] == online.BETTER and look["looks"] == 1 and look["problems"] == []
+    assert (look["champion_customers"], look["champion_exposures"], look["challenger_accepts"]) == (200, 1000, 400)
+    earlier = [{**look, "day": "2025-03-01", "low": fresh.low + 0.01, "high": fresh.high - 0.02, "p_value": 1e-15},
+               {**look, "day": "2025-03-03", "low": 0.5, "high": 0.6, "p_value": 0.0},  # a later day: not a look
+               {**look, "day": "2025-02-28", "low": -1.0, "high": 1.0, "p_value": 1e-12, "tau": 0.05}]  # other tau
+    narrowed = online.experiment_look(totals, runs, "2025-03-02", earlier, champion_run_id="r1",
+                                      challenger_run_id="r2")
+    assert narrowed["low"] == pytest.approx(fresh.low + 0.01) and narrowed["high"] == pytest.approx(fresh.high - 0.02)
+    assert narrowed["p_value"] == 1e-15 < fresh.p_value and narrowed["look_p_value"] == pytest.approx(fresh.p_value)
+    assert narrowed["looks"] == 2
+
+
+def test_a_look_that_mixes_runs_or_contradicts_earlier_ones_is_invalid_and_one_arm_is_no_look():
+    totals, runs = _totals((1, 5), (1, 5))
+    mixed = {**runs, "champion": {"r1", "r9"}}
+    look = online.experiment_look(totals, mixed, "2025-03-02", [], champion_run_id="r1", challenger_run_id="r2")
+    assert look["decision"] == online.INVALID and "['r9'] besides r1" in look["problems"][0]
+    apart = [{"day": "2025-03-01", "low": 0.3, "high": 0.4, "p_value": 0.01, "alpha": sequential.ALPHA,
+              "tau": sequential.TAU}]
+    look = online.experiment_look(totals, runs, "2025-03-02", apart, champion_run_id="r1", challenger_run_id="r2")
+    assert look["decision"] == online.INVALID and "do not overlap" in look["problems"][0]
+    only_champion = totals.loc[["champion"]]
+    assert online.experiment_look(only_champion, runs, "2025-03-02", [], champion_run_id="r1",
+                                  challenger_run_id="r2") is None
+
+
+def test_customers_who_accept_alike_make_a_wider_interval_than_independent_exposures():
+    # the same 20% and 40% rates, but each customer accepts all of their offers or none
+    alike, runs = _totals((5, 5), (5, 5))
+    alike = alike.copy()
+    alike.loc["champion", "accepts"] = [5 if i < 40 else 0 for i in range(200)]
+    alike.loc["challenger", "accepts"] = [5 if i < 80 else 0 for i in range(200)]
+    spread, _ = _totals((1, 5), (2, 5))
+    wide = online.experiment_look(alike, runs, "d", [], champion_run_id="r1", challenger_run_id="r2")
+    narrow = online.experiment_look(spread, runs, "d", [], champion_run_id="r1", challenger_run_id="r2")
+    assert wide["difference"] == pytest.approx(narrow["difference"]) == pytest.approx(0.2)
+    assert wide["high"] - wide["low"] > 1.5 * (narrow["high"] - narrow["low"])

@@ -6,7 +6,6 @@ through `runtime_embeddings` (the publish path: both towers as one unit, verifie
 that asset's history like any publish.
 """
 
-
 import dagster as dg
 import pymongo.errors
 from pydantic import Field
@@ -100,12 +99,12 @@ promote_experiment_job = dg.define_asset_job(
 def _stop_request(name: str, day: str, verdict: dict) -> dg.RunRequest:
     reason = (f"online_metrics {day}: challenger significantly worse, difference {verdict['difference']:+.4f} "
               f"(always-valid 95% interval {verdict['low']:+.4f}..{verdict['high']:+.4f}, p {verdict['p_value']:.4g})")
-    return dg.RunRequest(run_key=f"stop:{name}", job_name=stop_experiment_job.name, tags={EXPERIMENT_TAG: name},
+    return dg.RunRequest(run_key=f"stop:{name}:{day}", job_name=stop_experiment_job.name, tags={EXPERIMENT_TAG: name},
                          run_config={"ops": {"stop_experiment": {"config": {"experiment": name, "reason": reason}}}})
 
 
-def _promote_request(name: str) -> dg.RunRequest:
-    return dg.RunRequest(run_key=f"promote:{name}", job_name=promote_experiment_job.name,
+def _promote_request(name: str, day: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"promote:{name}:{day}", job_name=promote_experiment_job.name,
                          tags={EXPERIMENT_TAG: name}, run_config={"experiment": name})
 
 
@@ -115,12 +114,13 @@ def _promote_request(name: str) -> dg.RunRequest:
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Acts on `online_metrics`' newest verdict of each running experiment: stops one whose challenger "
     "is significantly worse (recording why); promotes one that is significantly better only where the operator "
-    "started it with promote_on_win.",
+    "started it with promote_on_win (a run per verdict day: a failed stop or promotion is tried again with the "
+    "next day's verdict).",
 )
 def experiment_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource):
     try:
         store = mongo.store()
-        records = [r for r in experiments.records(store, limit=200) if r["state"] == experiments.RUNNING]
+        records = experiments.records(store, state=experiments.RUNNING, limit=1000)
     except pymongo.errors.PyMongoError as error:
         raise RuntimeError("the experiment sensor cannot read MongoDB: " + redact_text(str(error), mongo.uri)) \
             from None
@@ -134,12 +134,13 @@ def experiment_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource)
         if verdict["decision"] == WORSE:
             requests.append(_stop_request(record["_id"], day, verdict))
         elif verdict["decision"] == BETTER and record.get("promote_on_win"):
-            requests.append(_promote_request(record["_id"]))
+            requests.append(_promote_request(record["_id"], day))
         elif verdict["decision"] == BETTER:
             notes.append(f"{record['_id']}: challenger significantly better on {day}; promotion is the operator's "
                          "(promote_experiment_job)")
         else:
-            notes.append(f"{record['_id']}: undecided on {day}")
+            notes.append(f"{record['_id']}: {verdict['decision']} on {day}"
+                         + "".join(f"; {problem}" for problem in verdict.get("problems") or []))
     if requests:
         return dg.SensorResult(run_requests=requests)
     return dg.SkipReason("; ".join(notes) if notes else "no experiment is running")

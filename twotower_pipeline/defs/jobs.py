@@ -12,6 +12,9 @@ from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten,
 from twotower_pipeline.defs.assets.training import TwoTowerConfig
 from twotower_pipeline.defs.assets.training_data import TrainingFrameConfig
 from twotower_pipeline.defs.partitions import daily_partitions
+from twotower_pipeline.defs.resources import MongoResource
+from twotower_pipeline.store import names
+from twotower_pipeline.store.slices import SlicedCollection
 
 #: The weekly retrain's predictor (no predictor: the schedule skips, saying so) and window in days
 #: (unset: every day flattened so far).
@@ -116,15 +119,25 @@ online_metrics_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("online_metrics"),
     partitions_def=daily_partitions,
     description="Accept rates per campaign, run and arm of the selected days, and each experiment's verdict "
-    "(a day's verdict counts the days before it: compute days in order).",
+    "of those days.",
 )
 
 
-@dg.schedule(job=online_metrics_job, cron_schedule="0 1 * * *", execution_timezone="UTC",
+@dg.schedule(job=online_metrics_job, cron_schedule="15 * * * *", execution_timezone="UTC",
              name="online_metrics_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Every night at 01:00 UTC (after the flatten at 00:30): the day that just ended.")
-def daily_online_metrics_schedule(context: dg.ScheduleEvaluationContext):
-    day = (context.scheduled_execution_time.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()
+             description="Every hour: the day that just ended, once its flatten is committed after the day's end "
+             "(the nightly flatten runs at 00:30 UTC); once per day.")
+def daily_online_metrics_schedule(context: dg.ScheduleEvaluationContext, mongo: MongoResource):
+    end = context.scheduled_execution_time.astimezone(dt.timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                               microsecond=0)
+    day = (end - dt.timedelta(days=1)).date().isoformat()
+    flattened = SlicedCollection(mongo.store(), names.FLATTEN).committed_slices().get(day)
+    committed_at = flattened and flattened["committed_at"]
+    if committed_at is not None and committed_at.tzinfo is None:
+        committed_at = committed_at.replace(tzinfo=dt.timezone.utc)
+    if committed_at is None or committed_at < end:
+        return dg.SkipReason(f"waiting for the flatten of {day} after the day's end (flatten_job_schedule, or "
+                             f"materialise logging/ecosystemruntime_flatten for {day})")
     return dg.RunRequest(run_key=f"online_metrics:{day}", partition_key=day)
 
 

@@ -180,7 +180,7 @@ class LiveEmbeddings:
         vectors_of = dict(zip(map(str, offers), vectors))
         vectors_of.update(zip(*self.publisher.refreshed_vectors("item", run_id)))
         if not vectors_of:
-            log.warning("run %s is live but has no offer vectors", run_id)
+            log.warning("run %s has no offer vectors: it cannot be served", run_id)
             return None
         catalogue, details = [], {}
         projection = {"_id": 0, names.OFFER_KEY: 1, **{field: 1 for field in OFFER_DETAILS}}

@@ -105,8 +105,9 @@ class Runtime:
 
     # --- what is served, kept current by the reload thread -------------------------------------
     def reload(self) -> None:
-        """Load what changed: the live run's vectors, and the accepted offers of the campaigns that
-        leave them out. A failure is logged and reported by /health; the service keeps serving."""
+        """Load what changed: the live run's vectors, the running experiments' challenger runs, and
+        the accepted offers of the campaigns that leave them out. A failure is logged and reported
+        by /health; the service keeps serving."""
         try:
             self.live.check()
             served = self.live.current
@@ -128,22 +129,23 @@ class Runtime:
         run's (a challenger that became live, or whose vectors cannot be loaded, is not split off:
         its campaign is served by the live run, and the reason logged)."""
         current, loaded = self.experiments, {}
-        for experiment in experiments.running(self.store):
-            if live is not None and experiment.challenger_run_id == live.run_id:
-                continue  # promoted: every customer gets the live run
-            earlier = current.get(experiment.campaign)
-            same_run = earlier[1] if earlier and earlier[1].run_id == experiment.challenger_run_id else None
-            challenger = self.live.challenger(experiment.challenger_run_id, same_run)
-            if challenger is None:
-                log.warning("experiment %s: challenger run %s has no kept vectors; its campaign is served by the "
-                            "live run", experiment.name, experiment.challenger_run_id)
-                continue
-            loaded[experiment.campaign] = (experiment, challenger)
+        try:
+            for experiment in experiments.running(self.store):
+                if live is not None and experiment.challenger_run_id == live.run_id:
+                    continue  # promoted: every customer gets the live run
+                earlier = current.get(experiment.campaign)
+                same_run = earlier[1] if earlier and earlier[1].run_id == experiment.challenger_run_id else None
+                challenger = self.live.challenger(experiment.challenger_run_id, same_run)
+                if challenger is None:
+                    log.warning("experiment %s: challenger run %s has no kept vectors; its campaign is served by "
+                                "the live run", experiment.name, experiment.challenger_run_id)
+                    continue
+                loaded[experiment.campaign] = (experiment, challenger)
+        except Exception:
+            _release_unless_kept(loaded, current)  # what this failed reload built is not served: its files go
+            raise
         self.experiments = loaded
-        kept = {id(served.customers) for _, served in loaded.values()}
-        for _, served in current.values():
-            if id(served.customers) not in kept:
-                release_run(served)
+        _release_unless_kept(current, loaded)
 
     def assigned(self, served: ServedRun, campaign: str, customer_id: str) -> tuple[ServedRun, str | None, str]:
         """(the run that serves this customer, the experiment, the arm): the challenger for the
@@ -287,6 +289,14 @@ class Runtime:
             "experiments": [{"experiment": e.name, "campaign": e.campaign, "share": e.share,
                              "challenger_run": challenger.summary()} for e, challenger in self.experiments.values()],
         }
+
+
+def _release_unless_kept(runs: dict, kept: dict) -> None:
+    """Release the challenger runs of `runs` whose vectors `kept` does not serve."""
+    serving = {id(served.customers) for _, served in kept.values()}
+    for _, served in runs.values():
+        if id(served.customers) not in serving:
+            release_run(served)
 
 
 def now() -> dt.datetime:

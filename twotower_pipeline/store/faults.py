@@ -53,7 +53,10 @@ def fault_point(name: str) -> None:
     if _hits[name] != hit:
         return
     if DIR_ENV in os.environ:  # the test can tell the point was reached, whatever the action
-        (Path(os.environ[DIR_ENV]) / f"{name}.reached").write_text(str(os.getpid()))
+        reached = Path(os.environ[DIR_ENV]) / f"{name}.reached"
+        written = reached.with_name(f"{reached.name}.{os.getpid()}")
+        written.write_text(str(os.getpid()))
+        os.replace(written, reached)  # whole: a watcher never reads it empty
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "kill-server":

@@ -14,6 +14,7 @@ from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.model import sequential
 from twotower_pipeline.model.plots import experiment_png
+from twotower_pipeline.store import names
 from twotower_pipeline.store.slices import SlicedCollection
 
 GROUP = "online_evaluation"
@@ -42,44 +43,43 @@ class OnlineMetricsConfig(dg.Config):
         description="Fails when a running experiment's challenger is significantly worse than the champion "
         "(always-valid interval of the difference below 0); `experiment_sensor` then stops it, if turned on.")],
     description="For each day, campaign, run and arm: exposures, accepts, accept rate with a 95% interval, "
-    "accept rate at rank 1; for each experiment serving that day, challenger minus champion to date with an "
-    "always-valid interval (mSPRT), recorded as the experiment's verdict of the day.",
+    "accept rate at rank 1; for each experiment serving that day, challenger minus champion over its customers "
+    "to date with an always-valid interval (mSPRT), recorded as the experiment's verdict of the day.",
 )
 def online_metrics(context: dg.AssetExecutionContext, config: OnlineMetricsConfig, mongo: MongoResource,
                    exposures: pd.DataFrame):
-    day = context.partition_key
-    table = online.arm_table(exposures, context.partition_time_window.start)
+    day, window = context.partition_key, context.partition_time_window
     store = mongo.store()
-    stored = SlicedCollection(store, ONLINE_METRICS)
+    flatten = SlicedCollection(store, names.FLATTEN)
+    if day not in (flatten.committed_write_ids([day]) or {}):
+        raise dg.Failure(description=f"the flatten of {day} is not committed: materialise "
+                         f"logging/ecosystemruntime_flatten for {day} first (flatten_job_schedule does, nightly)")
+    table = online.arm_table(exposures, window.start)
     verdicts, worse, plots, notes = {}, [], {}, []
-    for record in experiments.records(store, limit=200):
-        if not online.experiment_days(record["started_day"], record.get("ended_at"), day):
-            continue
+    for record in experiments.serving_between(store, window.start, window.end):
         name = record["_id"]
-        earlier_days = [d.strftime("%Y-%m-%d") for d in pd.date_range(record["started_day"], day)][:-1]
-        committed = stored.committed_write_ids() or {}
-        missing = [d for d in earlier_days if d not in committed]
-        earlier = stored.read(earlier_days) if earlier_days else table.iloc[:0]
-        looks = online.experiment_looks(pd.concat([earlier, table], ignore_index=True), name,
-                                        alpha=config.alpha, tau=config.tau)
-        if not looks or looks[-1]["day"] != day:
+        totals, runs = online.arm_customers(flatten.read_batches(
+            query={"experiment": name, "datetime": {"$lt": window.end}}, columns=online.EXPERIMENT_COLUMNS))
+        earlier = sorted((v for d, v in (record.get("verdicts") or {}).items() if d < day), key=lambda v: v["day"])
+        look = online.experiment_look(totals, runs, day, earlier, champion_run_id=record.get("champion_run_id"),
+                                      challenger_run_id=record["challenger_run_id"], alpha=config.alpha,
+                                      tau=config.tau)
+        if look is None:
             notes.append(f"{name}: no exposures in both arms up to {day}")
             continue
-        verdict = {**looks[-1], "missing_days": missing}
-        experiments.record_verdict(store, name, day, verdict)
-        verdicts[name] = verdict
-        if verdict["decision"] == online.WORSE and record["state"] == experiments.RUNNING:
+        experiments.record_verdict(store, name, day, look)
+        verdicts[name] = look
+        notes += [f"{name}: {problem}" for problem in look["problems"]]
+        if look["decision"] == online.WORSE and record["state"] == experiments.RUNNING:
             worse.append(name)
-        if missing:
-            notes.append(f"{name}: days not computed yet, left out of the test: {', '.join(missing)}")
-        plots[name] = experiment_png(looks, title=f"{name}: {record['challenger_run_id']} vs champion")
+        plots[name] = experiment_png(earlier + [look], title=f"{name}: {record['challenger_run_id']} (challenger) "
+                                     f"vs {record.get('champion_run_id')} (champion)")
     for note in notes:
         context.log.warning(note)
     metadata = {
         "day": day, "exposures": int(table["exposures"].sum()), "accepts": int(table["accepts"].sum()),
         "arms": dg.MetadataValue.md(online.markdown_table(table)),
-        "experiments": dg.MetadataValue.json({name: {k: v for k, v in verdict.items()
-                                                     if k not in ("alpha", "tau")}
+        "experiments": dg.MetadataValue.json({name: {k: v for k, v in verdict.items() if k not in ("alpha", "tau")}
                                               for name, verdict in verdicts.items()}),
         **{f"plot_{name}": dg.MetadataValue.md(
             f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})") for name, png in plots.items()},
