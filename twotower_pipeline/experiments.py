@@ -33,9 +33,10 @@ RUNNING, PROMOTING, STOPPED, PROMOTED = "running", "promoting", "stopped", "prom
 #: Experiment names: they are hashed into the split and shown in the UI.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 HISTORY = 50
-#: A promotion whose process died before it recorded the outcome is taken over after this long
-#: (a publish holds its lease for much less).
-PROMOTION_STALE_S = 600
+#: A promotion whose process died before it recorded the outcome may be taken over (by another
+#: promotion, or stopped) after this long: past what a live one can take, a publish waiting for
+#: its lease (`leases.WAIT_SECONDS`, 30 minutes) and then publishing.
+PROMOTION_STALE_S = 3600
 
 
 class ExperimentError(RuntimeError):
@@ -137,18 +138,26 @@ def running(store: MongoStore) -> list[Experiment]:
             for d in _collection(store).find({"running_campaign": {"$exists": True}, "state": RUNNING})]
 
 
+def _stale_promotion() -> dict:
+    return {"state": PROMOTING, "$or": [
+        {"promotion.started_at": {"$lt": _now() - dt.timedelta(seconds=PROMOTION_STALE_S)}},
+        {"promotion.started_at": {"$exists": False}}]}
+
+
 def stop(store: MongoStore, name: str, reason: str, *, owner: dict | None = None) -> dict:
-    """End a running experiment: the champion serves everyone again. The reason is recorded."""
+    """End a running experiment (or one whose promotion was abandoned): the live run serves
+    everyone again. The reason is recorded."""
     if not reason or not str(reason).strip():
         raise ExperimentError("stopping an experiment needs a reason (it is recorded)")
     ended = _collection(store).find_one_and_update(
-        {"_id": name, "state": RUNNING},
+        {"_id": name, "$or": [{"state": RUNNING}, _stale_promotion()]},
         {"$set": {"state": STOPPED, "ended_at": _now(), "reason": str(reason)}, "$unset": {"running_campaign": ""},
          **_event("stopped", reason=str(reason), **({"owner": owner} if owner else {}))},
         return_document=ReturnDocument.AFTER)
     if ended is None:
         state = get(store, name)["state"]
-        why = ": its challenger is being published; let the promotion finish" if state == PROMOTING else ""
+        why = (f": its challenger is being published; let the promotion finish (one abandoned can be stopped "
+               f"after {PROMOTION_STALE_S} s)") if state == PROMOTING else ""
         raise ExperimentError(f"experiment {name!r} is not running (it is {state}){why}")
     return ended
 
@@ -159,8 +168,7 @@ def begin_promotion(store: MongoStore, name: str, *, owner: dict | None = None) 
     one under way is refused, so two promotions never publish at once."""
     token, now = uuid.uuid4().hex, _now()
     marked = _collection(store).find_one_and_update(
-        {"_id": name, "$or": [{"state": RUNNING}, {"state": PROMOTING, "promotion.started_at": {
-            "$lt": now - dt.timedelta(seconds=PROMOTION_STALE_S)}}]},
+        {"_id": name, "$or": [{"state": RUNNING}, _stale_promotion()]},
         {"$set": {"state": PROMOTING, "promotion": {"token": token, "started_at": now, "owner": owner}},
          **_event("promoting", **({"owner": owner} if owner else {}))},
         return_document=ReturnDocument.AFTER)
@@ -168,9 +176,10 @@ def begin_promotion(store: MongoStore, name: str, *, owner: dict | None = None) 
         record = get(store, name)
         if record["state"] == PROMOTING:
             promotion = record.get("promotion") or {}
+            by = f" by {promotion['owner']}" if promotion.get("owner") else ""
             raise ExperimentError(f"experiment {name!r} is being promoted already (since "
-                                  f"{promotion.get('started_at')}, {promotion.get('owner')}); a promotion left "
-                                  f"unfinished is taken over after {PROMOTION_STALE_S} s")
+                                  f"{promotion.get('started_at')}{by}); a promotion left unfinished is taken over "
+                                  f"after {PROMOTION_STALE_S} s")
         raise ExperimentError(f"experiment {name!r} is not running (it is {record['state']}): only a running "
                               "experiment's challenger is promoted")
     return marked, token
@@ -202,9 +211,15 @@ def promote(store: MongoStore, name: str, *, owner: dict | None = None) -> dict:
     try:
         outcome = publishing.publish_run(store, run_id, owner=owner)
     except Exception as error:
-        end_promotion(store, name, token, False, f"{type(error).__name__}: {redact_text(str(error), store.uri)}")
+        try:
+            end_promotion(store, name, token, False, f"{type(error).__name__}: {redact_text(str(error), store.uri)}")
+        except ExperimentError:
+            pass  # taken over meanwhile: that promotion records the outcome; the publish's error is this one's
         raise
-    end_promotion(store, name, token, True, f"run {run_id} published (was {outcome.get('previous_run_id')})")
+    try:
+        end_promotion(store, name, token, True, f"run {run_id} published (was {outcome.get('previous_run_id')})")
+    except ExperimentError as error:
+        raise ExperimentError(f"run {run_id} is live, but {error}") from None
     return outcome
 
 

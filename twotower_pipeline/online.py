@@ -122,8 +122,9 @@ def experiment_look(totals: pd.DataFrame, runs: dict[str, set[str]], day: str, e
     before = [v for v in earlier if v["day"] < day and v.get("alpha") == alpha and v.get("tau") == tau]
     low = max([look.low] + [v["low"] for v in before])
     high = min([look.high] + [v["high"] for v in before])
-    problems = [f"the {arm} arm served runs {sorted(runs.get(arm, set()) - {expected})} besides {expected}: the "
-                "live run changed during the experiment (a publish or a rollback), so the arms compare a mix of runs"
+    problems = [f"the {arm} arm served runs {sorted(runs.get(arm, set()) - {expected})} besides {expected}"
+                + (" (the live run changed during the experiment: a publish or a rollback)" if arm == CHAMPION else "")
+                + ", so the arms compare a mix of runs"
                 for arm, expected in ((CHAMPION, champion_run_id), (CHALLENGER, challenger_run_id))
                 if expected is not None and runs.get(arm, set()) - {expected}]
     if not problems and low > high:

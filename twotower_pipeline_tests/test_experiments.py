@@ -216,6 +216,7 @@ def test_a_worse_challenger_fails_the_check_and_the_sensor_stops_it(store, mongo
     _, verdicts = _run_experiment(store, mongo, world, tmp_path, monkeypatch, champion="sharp",
                                   challenger="random", days=2, then=stop_and_serve)
     _print_looks([verdict for _, verdict in verdicts])
+    assert verdicts[0][1]["decision"] == online.WORSE  # found on the first day
     outcome, verdict = verdicts[-1]
     assert verdict["decision"] == online.WORSE and verdict["high"] < 0
     [check] = outcome.get_asset_check_evaluations()
@@ -421,6 +422,14 @@ def test_two_promotions_never_publish_at_once_and_an_abandoned_one_is_taken_over
     record = experiments.get(store, "e1")
     assert record["state"] == experiments.PROMOTED and "promotion" not in record
     assert publishing.live_run_id(store) == "sharp"
+    # an abandoned promotion can also be stopped (past the same wait), leaving the live run as it is
+    experiments.start(store, "e2", CAMPAIGN, "random")
+    experiments.begin_promotion(store, "e2")
+    with pytest.raises(experiments.ExperimentError, match="one abandoned can be stopped"):
+        experiments.stop(store, "e2", "changed our mind")
+    store.collection(experiments.EXPERIMENTS).update_one({"_id": "e2"}, {"$set": {"promotion.started_at": stale}})
+    assert experiments.stop(store, "e2", "its promoter died")["state"] == experiments.STOPPED
+    assert experiments.running(store) == [] and publishing.live_run_id(store) == "sharp"
 
 
 def test_the_hourly_schedule_computes_a_day_once_its_flatten_is_committed(store, mongo):
@@ -433,5 +442,9 @@ def test_the_hourly_schedule_computes_a_day_once_its_flatten_is_committed(store,
     assert dg.materialize(list(defs.assets), resources=build_resources(mongo), partition_key="2025-03-01",
                           selection=FLATTEN).success  # committed now, after the day's end
     with dg.build_schedule_context(scheduled_execution_time=tick, resources={"mongo": mongo}) as context:
-        request = daily_online_metrics_schedule(context)
+        [request] = daily_online_metrics_schedule(context)
     assert (request.partition_key, request.run_key) == ("2025-03-01", "online_metrics:2025-03-01")
+    # a day flattened late is still picked up, days later (its run key keeps it to one run)
+    later = tick + dt.timedelta(days=3)
+    with dg.build_schedule_context(scheduled_execution_time=later, resources={"mongo": mongo}) as context:
+        assert [r.partition_key for r in daily_online_metrics_schedule(context)] == ["2025-03-01"]

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 
 import dagster as dg
+import pymongo.errors
 
 from twotower_pipeline.defs.assets.offline_scoring import score_shards
 from twotower_pipeline.defs.assets.runtime_logs import ecosystemruntime_flatten, ecosystemruntime_flatten_undated
@@ -14,6 +15,7 @@ from twotower_pipeline.defs.assets.training_data import TrainingFrameConfig
 from twotower_pipeline.defs.partitions import daily_partitions
 from twotower_pipeline.defs.resources import MongoResource
 from twotower_pipeline.store import names
+from twotower_pipeline.store.client import redact_text
 from twotower_pipeline.store.slices import SlicedCollection
 
 #: The weekly retrain's predictor (no predictor: the schedule skips, saying so) and window in days
@@ -123,22 +125,38 @@ online_metrics_job = dg.define_asset_job(
 )
 
 
+#: Days back the hourly online-metrics schedule looks for a flatten committed late.
+ONLINE_METRICS_DAYS_BACK = 7
+
+
 @dg.schedule(job=online_metrics_job, cron_schedule="15 * * * *", execution_timezone="UTC",
              name="online_metrics_schedule", default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Every hour: the day that just ended, once its flatten is committed after the day's end "
-             "(the nightly flatten runs at 00:30 UTC); once per day.")
+             description="Every hour: each of the last 7 days, once its flatten has been committed after the "
+             "day's end (the nightly flatten runs at 00:30 UTC); a day once.")
 def daily_online_metrics_schedule(context: dg.ScheduleEvaluationContext, mongo: MongoResource):
-    end = context.scheduled_execution_time.astimezone(dt.timezone.utc).replace(hour=0, minute=0, second=0,
-                                                                               microsecond=0)
-    day = (end - dt.timedelta(days=1)).date().isoformat()
-    flattened = SlicedCollection(mongo.store(), names.FLATTEN).committed_slices().get(day)
-    committed_at = flattened and flattened["committed_at"]
-    if committed_at is not None and committed_at.tzinfo is None:
-        committed_at = committed_at.replace(tzinfo=dt.timezone.utc)
-    if committed_at is None or committed_at < end:
-        return dg.SkipReason(f"waiting for the flatten of {day} after the day's end (flatten_job_schedule, or "
-                             f"materialise logging/ecosystemruntime_flatten for {day})")
-    return dg.RunRequest(run_key=f"online_metrics:{day}", partition_key=day)
+    today = context.scheduled_execution_time.astimezone(dt.timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                                 microsecond=0)
+    try:
+        flattened = SlicedCollection(mongo.store(), names.FLATTEN).committed_slices()
+    except pymongo.errors.PyMongoError as error:
+        raise RuntimeError("the online metrics schedule cannot read MongoDB: "
+                           + redact_text(str(error), mongo.uri)) from None
+    requests, waiting = [], []
+    for back in range(ONLINE_METRICS_DAYS_BACK, 0, -1):
+        end = today - dt.timedelta(days=back - 1)
+        day = (end - dt.timedelta(days=1)).date().isoformat()
+        committed_at = (flattened.get(day) or {}).get("committed_at")
+        if committed_at is not None and committed_at.tzinfo is None:
+            committed_at = committed_at.replace(tzinfo=dt.timezone.utc)
+        if committed_at is not None and committed_at >= end:
+            requests.append(dg.RunRequest(run_key=f"online_metrics:{day}", partition_key=day))
+        elif back == 1:
+            waiting.append(day)
+    if requests:
+        return requests  # days already computed are dropped by their run keys
+    return dg.SkipReason(f"waiting for the flatten of {waiting[0]} after the day's end (flatten_job_schedule, or "
+                         f"materialise logging/ecosystemruntime_flatten for {waiting[0]})" if waiting else
+                         "no flatten of the last days was committed after the day's end")
 
 
 @dg.schedule(job=retrain_job, cron_schedule="0 2 * * 1", execution_timezone="UTC",

@@ -21,6 +21,9 @@ V above treats every exposure as an independent trial. Customers are what an exp
 to its arms, and one customer's exposures are not independent (the offers of one request, the
 requests of one customer over days), so `clustered_rate` estimates each arm's variance over its
 customers (the cluster-robust, delta-method variance of a ratio) and `rate_difference` takes it.
+The mSPRT's guarantee is exact for independent normal increments of known variance; with the
+variance estimated from returning customers it holds approximately, which the tests check by
+simulation (A/A experiments peeked daily) rather than assume.
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ class ClusteredRate:
 
 def clustered_rate(accepts, exposures) -> ClusteredRate:
     """The rate and its variance from per-customer accepts and exposures (arrays, one entry per
-    customer): Var = C / (C - 1) * sum((a_i - p n_i)^2) / N^2, floored like the binomial one."""
+    customer): Var = C / (C - 1) * sum((a_i - p n_i)^2) / N^2, never below the binomial variance of
+    the same counts (conservative where customers happen to look alike; with one customer it is
+    the binomial one)."""
     accepts = np.asarray(accepts, dtype=np.float64)
     exposures = np.asarray(exposures, dtype=np.float64)
     customers, total = len(exposures), float(exposures.sum())

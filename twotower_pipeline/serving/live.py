@@ -134,11 +134,15 @@ class LiveEmbeddings:
             return earlier
         started = time.monotonic()
         customers = self._customers(run_id, write_id, earlier)
-        scorer = self._scorer(run_id)
+        try:
+            scorer = self._scorer(run_id)
+            run = self.store.collection(names.RUNS).find_one({"run_id": run_id}, {"predictor": 1}) or {}
+        except Exception:
+            _release(customers, earlier)  # not served: its mapped files go
+            raise
         if scorer is None:
             _release(customers, earlier)
             return None
-        run = self.store.collection(names.RUNS).find_one({"run_id": run_id}, {"predictor": 1}) or {}
         loaded = ServedRun(run_id, run.get("predictor"), customers, scorer, version, catalogue,
                            dt.datetime.now(dt.timezone.utc), time.monotonic() - started)
         log.info("challenger run %s loaded: %d customers (%s bytes), %d offers in %.2f s", run_id, len(customers),

@@ -118,11 +118,13 @@ class SlicedCollection:
         return [d for d in self.collection.find(query or {}, projection) if d.get(WRITE_ID_FIELD) in chosen]
 
     def read_batches(self, query: dict | None = None, columns: Sequence[str] | None = None,
-                     batch_size: int = INSERT_BATCH) -> Iterator[pd.DataFrame]:
-        """The committed rows as DataFrames of up to `batch_size` rows, streamed: for collections
-        committed once and never rewritten (a run's own vectors), where `read` would hold them all."""
+                     batch_size: int = INSERT_BATCH, keys: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The committed rows (of the slices `keys`; default: all) as DataFrames of up to
+        `batch_size` rows, streamed, where `read` would hold them all. Nothing re-checks the commits
+        while it streams: for collections committed once (a run's own vectors), or with the caller
+        comparing `committed_write_ids` before and after."""
         projection = {c: 1 for c in columns} if columns else None
-        write_ids = self.committed_write_ids()
+        write_ids = self.committed_write_ids(keys)
         if write_ids == {}:
             return
         selection = (query or {}) if write_ids is None else of_writes(write_ids.values(), query)

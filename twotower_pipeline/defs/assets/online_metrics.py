@@ -58,8 +58,10 @@ def online_metrics(context: dg.AssetExecutionContext, config: OnlineMetricsConfi
     verdicts, worse, plots, notes = {}, [], {}, []
     for record in experiments.serving_between(store, window.start, window.end):
         name = record["_id"]
-        totals, runs = online.arm_customers(flatten.read_batches(
-            query={"experiment": name, "datetime": {"$lt": window.end}}, columns=online.EXPERIMENT_COLUMNS))
+        days = [d.strftime("%Y-%m-%d") for d in pd.date_range(record["started_day"], day)]
+        totals, runs, missing = _experiment_customers(flatten, name, days)
+        if missing:
+            notes.append(f"{name}: days not flattened, left out of its look: {', '.join(missing)}")
         earlier = sorted((v for d, v in (record.get("verdicts") or {}).items() if d < day), key=lambda v: v["day"])
         look = online.experiment_look(totals, runs, day, earlier, champion_run_id=record.get("champion_run_id"),
                                       challenger_run_id=record["challenger_run_id"], alpha=config.alpha,
@@ -94,3 +96,17 @@ def online_metrics(context: dg.AssetExecutionContext, config: OnlineMetricsConfi
         metadata={name: f"{v['decision']}: {v['difference']:+.4f} ({v['low']:+.4f}..{v['high']:+.4f}), "
                         f"p {v['p_value']:.4g}" for name, v in verdicts.items()},
     )
+
+
+def _experiment_customers(flatten: SlicedCollection, name: str, days: list[str], attempts: int = 3):
+    """(per-customer totals, runs per arm, days without a committed flatten) of the experiment's
+    rows on `days`, streamed; read again when a day is re-flattened meanwhile (a rewrite would
+    otherwise drop that day's rows from the look unseen)."""
+    for _attempt in range(attempts):
+        committed = flatten.committed_write_ids(days) or {}
+        totals, runs = online.arm_customers(flatten.read_batches(
+            query={"experiment": name}, columns=online.EXPERIMENT_COLUMNS, keys=days))
+        if (flatten.committed_write_ids(days) or {}) == committed:
+            return totals, runs, [d for d in days if d not in committed]
+    raise dg.Failure(description=f"experiment {name}: the flatten kept being rewritten while its rows were read "
+                     f"({attempts} attempts); materialise again once the flatten is done")

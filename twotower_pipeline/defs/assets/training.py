@@ -322,8 +322,10 @@ def runtime_embeddings(context: dg.AssetExecutionContext, config: PublishConfig,
             outcome = publishing.rollback_run(mongo.store(), owner=owner)
         else:
             outcome = publishing.publish_run(mongo.store(), config.run_id or two_tower_model.run_id, owner=owner)
-    except (offline.GateError, experiments.ExperimentError) as error:
+    except offline.GateError as error:
         raise dg.Failure(description=f"{error}; the runtime keeps serving the run it served") from None
+    except experiments.ExperimentError as error:
+        raise dg.Failure(description=str(error)) from None
     except embeddings.PublishError as error:
         if error.report is not None:
             yield from _runtime_checks(error.report)
