@@ -149,10 +149,14 @@ def stop(store: MongoStore, name: str, reason: str, *, owner: dict | None = None
     everyone again. The reason is recorded."""
     if not reason or not str(reason).strip():
         raise ExperimentError("stopping an experiment needs a reason (it is recorded)")
+    reason = str(reason)
+    record = _collection(store).find_one({"_id": name, "state": PROMOTING}, {"challenger_run_id": 1})
+    if record is not None and publishing.live_run_id(store) == record["challenger_run_id"]:
+        reason += f" (the abandoned promotion had published run {record['challenger_run_id']}: it is live)"
     ended = _collection(store).find_one_and_update(
         {"_id": name, "$or": [{"state": RUNNING}, _stale_promotion()]},
-        {"$set": {"state": STOPPED, "ended_at": _now(), "reason": str(reason)}, "$unset": {"running_campaign": ""},
-         **_event("stopped", reason=str(reason), **({"owner": owner} if owner else {}))},
+        {"$set": {"state": STOPPED, "ended_at": _now(), "reason": reason}, "$unset": {"running_campaign": ""},
+         **_event("stopped", reason=reason, **({"owner": owner} if owner else {}))},
         return_document=ReturnDocument.AFTER)
     if ended is None:
         state = get(store, name)["state"]

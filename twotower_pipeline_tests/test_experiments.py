@@ -428,8 +428,15 @@ def test_two_promotions_never_publish_at_once_and_an_abandoned_one_is_taken_over
     with pytest.raises(experiments.ExperimentError, match="one abandoned can be stopped"):
         experiments.stop(store, "e2", "changed our mind")
     store.collection(experiments.EXPERIMENTS).update_one({"_id": "e2"}, {"$set": {"promotion.started_at": stale}})
-    assert experiments.stop(store, "e2", "its promoter died")["state"] == experiments.STOPPED
+    stopped = experiments.stop(store, "e2", "its promoter died")
+    assert stopped["state"] == experiments.STOPPED and stopped["reason"] == "its promoter died"
     assert experiments.running(store) == [] and publishing.live_run_id(store) == "sharp"
+    # one that had published its challenger before its process died says so when stopped
+    experiments.start(store, "e3", CAMPAIGN, "random")
+    experiments.begin_promotion(store, "e3")
+    publishing.publish_run(store, "random")
+    store.collection(experiments.EXPERIMENTS).update_one({"_id": "e3"}, {"$set": {"promotion.started_at": stale}})
+    assert "had published run random: it is live" in experiments.stop(store, "e3", "promoter died")["reason"]
 
 
 def test_the_hourly_schedule_computes_a_day_once_its_flatten_is_committed(store, mongo):
