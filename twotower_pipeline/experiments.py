@@ -117,8 +117,8 @@ def start(store: MongoStore, name: str, campaign: str, challenger_run_id: str, s
         if collection.find_one({"_id": name}, {"_id": 1}) is not None:
             raise ExperimentError(f"an experiment named {name!r} exists already (its records are kept): choose "
                                   "another name") from None
-        running = collection.find_one({"running_campaign": campaign}, {"_id": 1})
-        which = f"experiment {running['_id']!r}" if running else "another experiment"
+        holder = campaign_holder(store, campaign)
+        which = f"experiment {holder!r}" if holder else "another experiment"
         raise ExperimentError(f"campaign {campaign!r} already runs {which}: stop or promote it first (one "
                               "experiment per campaign)") from None
     return document
@@ -130,6 +130,12 @@ def get(store: MongoStore, name: str) -> dict:
     if found is None:
         raise ExperimentError(f"no experiment named {name!r}")
     return found
+
+
+def campaign_holder(store: MongoStore, campaign: str) -> str | None:
+    """The experiment running (or being promoted) on `campaign`: the one the unique index lets hold it."""
+    found = _collection(store).find_one({"running_campaign": campaign}, {"_id": 1})
+    return None if found is None else found["_id"]
 
 
 def running(store: MongoStore) -> list[Experiment]:

@@ -139,10 +139,6 @@ def experiment_look(totals: pd.DataFrame, runs: dict[str, set[str]], day: str, e
             "problems": problems, "alpha": alpha, "tau": tau}
 
 
-def _day(value) -> str:
-    return pd.Timestamp(value).strftime("%Y-%m-%d")
-
-
 def markdown_table(table: pd.DataFrame) -> str:
     """The day's rows as a Markdown table for the asset's metadata."""
     header = "| campaign | run | experiment | arm | exposures | accepts | accept rate (95%) | rank 1 rate |\n" \

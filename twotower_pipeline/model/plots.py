@@ -1,8 +1,16 @@
-"""Training curves as PNG bytes: loss and the validation metric per epoch, best epoch marked."""
+"""Plots as PNG bytes: training curves (loss and the validation metric per epoch, best epoch marked),
+the offline metrics against the baselines, and an experiment's arms over its days."""
 
 from __future__ import annotations
 
 import io
+
+
+def _png(figure) -> bytes:
+    """A matplotlib Figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def training_curve_png(history: list[dict], *, metric_name: str = "validation metric",
@@ -29,9 +37,7 @@ def training_curve_png(history: list[dict], *, metric_name: str = "validation me
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(figure)
 
 
 BAR_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "mrr")
@@ -53,15 +59,7 @@ def metrics_bar_png(results: dict[str, dict], metric_names=BAR_METRICS, title: s
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(figure)
 
 
 def experiment_png(looks: list[dict], title: str | None = None) -> bytes:

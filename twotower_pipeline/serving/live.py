@@ -197,9 +197,9 @@ class LiveEmbeddings:
                                 catalogue=catalogue or None, details=details)
 
 
-def release_run(served: ServedRun, kept: ServedRun | None = None) -> None:
-    """Delete the mapped files of a run no longer served (unless `kept` maps the same ones)."""
-    _release(served.customers, kept)
+def release_run(served: ServedRun) -> None:
+    """Delete the mapped files of a run no longer served."""
+    _release(served.customers, None)
 
 
 def _release(customers: CustomerVectors, kept: ServedRun | None) -> None:

@@ -176,13 +176,13 @@ def list_experiments(runtime: ServedRuntime, campaign: Annotated[Optional[str], 
     return {"experiments": experiments.records(runtime.store, campaign=campaign)}
 
 
-def _experiment(runtime: Runtime, name: str, state: str = experiments.RUNNING) -> dict:
+def _running_experiment(runtime: Runtime, name: str) -> dict:
     try:
         record = experiments.get(runtime.store, name)
     except experiments.ExperimentError as error:
         raise HTTPException(404, str(error)) from None
-    if record["state"] != state:
-        raise HTTPException(409, f"experiment {name!r} is {record['state']}, not {state}")
+    if record["state"] != experiments.RUNNING:
+        raise HTTPException(409, f"experiment {name!r} is {record['state']}, not {experiments.RUNNING}")
     return record
 
 
@@ -205,10 +205,9 @@ def start_experiment(request: ExperimentStart, runtime: ServedRuntime, response:
         offline.require_gate(runtime.store, request.challenger_run_id)
     except offline.GateError as error:
         raise HTTPException(409, str(error)) from None
-    running = [r["_id"] for r in experiments.records(runtime.store, campaign=request.campaign)
-               if r["state"] in (experiments.RUNNING, experiments.PROMOTING)]
-    if running:
-        raise HTTPException(409, f"campaign {request.campaign!r} already runs experiment {running[0]!r}")
+    holder = experiments.campaign_holder(runtime.store, request.campaign)
+    if holder is not None:
+        raise HTTPException(409, f"campaign {request.campaign!r} already runs experiment {holder!r}")
     body = request.model_dump()
     return _launch_experiment(runtime, response, idempotency_key, "experiment_start", "start_experiment_job",
                               {"ops": {"start_experiment": {"config": body}}}, request.challenger_run_id, body)
@@ -218,7 +217,7 @@ def start_experiment(request: ExperimentStart, runtime: ServedRuntime, response:
 def stop_experiment(name: Annotated[str, Path(max_length=80)], request: ExperimentStop, runtime: ServedRuntime,
                     response: Response, idempotency_key: IdempotencyKey = None):
     """Launch `stop_experiment_job`: every customer gets the live run again; the reason is recorded."""
-    record = _experiment(runtime, name)
+    record = _running_experiment(runtime, name)
     body = {"experiment": name, "reason": request.reason}
     return _launch_experiment(runtime, response, idempotency_key, "experiment_stop", "stop_experiment_job",
                               {"ops": {"stop_experiment": {"config": body}}}, record["challenger_run_id"], body)
@@ -229,7 +228,7 @@ def promote_experiment(name: Annotated[str, Path(max_length=80)], runtime: Serve
                        idempotency_key: IdempotencyKey = None):
     """Launch `promote_experiment_job`: the challenger is published (the publish path) and the
     experiment ends."""
-    record = _experiment(runtime, name)
+    record = _running_experiment(runtime, name)
     body = {"experiment": name}
     return _launch_experiment(runtime, response, idempotency_key, "experiment_promote", "promote_experiment_job",
                               {"experiment": name}, record["challenger_run_id"], body)
