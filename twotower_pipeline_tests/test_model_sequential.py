@@ -45,6 +45,8 @@ def test_peeking_every_day_keeps_the_error_rate_where_a_fixed_interval_loses_it(
             fixed |= abs(pb - pa) > 1.96 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n)
         ever_valid += valid
         ever_fixed += fixed
+    print(f"\nnull experiments ever called significant under daily peeking: {ever_fixed} of {experiments} by a "
+          f"fixed 95% interval, {ever_valid} by mSPRT")
     assert ever_valid / experiments <= 0.05
     assert ever_fixed / experiments > 0.15
 
@@ -73,6 +75,8 @@ def test_customers_who_differ_and_come_back_need_the_variance_over_customers():
                 bounds[0], bounds[1] = max(bounds[0], found.low), min(bounds[1], found.high)
         naive_hits += naive[0] > 0 or naive[1] < 0
         clustered_hits += clustered[0] > 0 or clustered[1] < 0
+    print(f"\nA/A experiments called significant: {naive_hits} of {experiments} counting exposures, "
+          f"{clustered_hits} over customers")
     assert naive_hits / experiments > 0.15
     assert clustered_hits / experiments <= 0.05
 
